@@ -1,0 +1,101 @@
+"""File names from spec, made safe: nothing escapes the data directory,
+nothing is left half-written under its final name.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from typing import IO, Iterator, Optional
+
+from .errors import DataError
+
+_IMG_SUFFIX = re.compile(r"-img(\d{3,})\Z")
+
+
+def safe_join(directory: str, name: str, *, allow_subdirs: bool = True) -> str:
+    """``directory/name``, refusing any name that would land outside ``directory``.
+
+    Absolute names are accepted only when they are inside ``directory``.
+    """
+    if not name or "\x00" in name:
+        raise DataError(f"file name '{name}' is empty or invalid")
+    base = os.path.realpath(directory)
+    candidate = name if os.path.isabs(name) else os.path.join(base, name)
+    full = os.path.realpath(candidate)
+    if os.path.commonpath([base, full]) != base or full == base:
+        raise DataError(f"file name '{name}' points outside the data directory "
+                        f"'{base}'; give a name inside it")
+    if not allow_subdirs and os.path.dirname(full) != base:
+        raise DataError(f"file name '{name}' must not contain a directory")
+    return full
+
+
+def unique_path(path: str) -> str:
+    """``path`` if free, else the same name with the next free ``-img###`` suffix."""
+    if not os.path.exists(path):
+        return path
+    stem, ext = os.path.splitext(path)
+    match = _IMG_SUFFIX.search(stem)
+    number = int(match.group(1)) if match else 0
+    if match:
+        stem = stem[:match.start()]
+    while True:
+        number += 1
+        candidate = f"{stem}-img{number:03d}{ext}"
+        if not os.path.exists(candidate):
+            return candidate
+
+
+@contextmanager
+def atomic_file(path: str, mode: str = "wb") -> Iterator[IO]:
+    """Write to a hidden temporary file beside ``path``; rename it into place
+    only when the block ends without error, so a reader (or a crash) never sees
+    a partial file under the final name."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".part",
+                               dir=directory)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def temp_name(path: str) -> str:
+    """The temporary name a download to ``path`` uses before its rename."""
+    return os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".part")
+
+
+def ensure_dir(path: str, what: str = "data directory") -> str:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the {what} '{path}': {exc.strerror}") from None
+    return path
+
+
+def disk_error(exc: OSError, path: str, what: str) -> DataError:
+    """A clear message for a failed write (full disk, permissions, ...)."""
+    reason = exc.strerror or str(exc)
+    hint = {28: "the disk is full; free space or change data_directory",
+            13: "permission denied; choose a writable data_directory",
+            30: "the file system is read-only; change data_directory",
+            2: "the directory does not exist; set data_directory again"}.get(exc.errno or 0,
+                                                                             "check data_directory")
+    return DataError(f"{what} '{path}' failed: {reason}; {hint}")
+
+
+def is_inside(directory: str, path: Optional[str]) -> bool:
+    if not path:
+        return False
+    base = os.path.realpath(directory)
+    return os.path.commonpath([base, os.path.realpath(path)]) == base

@@ -1,0 +1,86 @@
+"""Test helpers: free ports, the eiger_server process, waiting."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    """Poll ``predicate`` until it returns a true value; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def hello_ok(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"=: 1 hello\n")
+            return sock.recv(200).startswith(b"@: 1 ")
+    except OSError:
+        return False
+
+
+class ServerProcess:
+    """``python -m eiger_server`` as spec would run it, in the foreground."""
+
+    def __init__(self, args: List[str], tmp: Path, port: Optional[int] = None) -> None:
+        self.port = port or free_port()
+        self.lock = tmp / f"eiger_server-{self.port}.lock"
+        self.log = tmp / f"eiger_server-{self.port}.log"
+        cmd = [sys.executable, "-m", "eiger_server", "-p", str(self.port), "-L", str(self.lock),
+               "-l", str(self.log), "-v", "4", *args]
+        self.proc = subprocess.Popen(cmd, cwd=str(tmp), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: self.proc.poll() is not None or hello_ok(self.port), 20,
+                     what="eiger_server to answer hello")
+        except AssertionError:
+            self.stop()
+            raise
+        if self.proc.poll() is not None:
+            out = self.proc.stdout.read().decode(errors="replace")
+            raise AssertionError(f"eiger_server exited {self.proc.returncode}: {out}\n"
+                                 f"{self.log_text()}")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+def server_args_for(app) -> List[str]:
+    """Options pointing eiger_server at an in-process FakeDCUApp."""
+    return ["-a", "127.0.0.1", "-P", str(app.http_port), "--stream-port", str(app.stream_port),
+            "--stream2-port", str(app.stream2_port)]
