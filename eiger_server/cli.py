@@ -41,13 +41,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         setup_logging(opts.verbosity, logfile)
     except OSError as exc:
-        reporter.failed(f"cannot write the log file {logfile}: {exc.strerror}; "
-                        f"choose another with -l")
-        if not opts.daemon:
-            print(f"{PROGRAM}: cannot write the log file {logfile}: {exc.strerror}",
-                  file=sys.stderr)
-        lock.release()
+        message = f"cannot write the log file {logfile}: {exc.strerror}; choose another with -l"
+        if opts.daemon:
+            lock.release()
+            reporter.failed(message)
+        else:
+            print(f"{PROGRAM}: {message}", file=sys.stderr)
+            lock.release()
         return 1
+    if lock.stale_pid:
+        log.info("replaced stale lock file %s of pid %d, which is no longer running",
+                 lock.path, lock.stale_pid)
     try:
         return serve(opts, reporter)
     finally:
@@ -80,11 +84,13 @@ def serve(opts: ServerOptions, reporter: StartupReporter) -> int:
                 closers.append(("fake DCU", app.stop))
                 opts.dcu_host = "127.0.0.1"
                 opts.dcu_port = app.http_port
+                opts.stream_port = app.stream_port
+                opts.stream2_port = app.stream2_port
                 log.info("simulated DCU (SIMPLON %s, model %s) at http://127.0.0.1:%d",
                          opts.fake_api, opts.fake_model, app.http_port)
             elif not opts.dcu_host:
-                log.warning("no detector address given (-a): config will fail "
-                            "until the server is restarted with -a HOST")
+                log.warning("no detector address given (-a HOST); config will say so "
+                            "if the detector cannot be reached")
             from .commands import CommandHandler
             from .controller import EigerController
 

@@ -117,8 +117,6 @@ class WireClient:
 
     def read(self, r0: int, r1: int, c0: int, c1: int, timeout: Optional[float] = None) -> Any:
         """Image rows r0..r1 and columns c0..c1 (inclusive) as a numpy array."""
-        import numpy as np
-
         resp = self.command("read", r0, r1, c0, c1, check=True, timeout=timeout)
         return response_array(resp, (r1 - r0 + 1, c1 - c0 + 1))
 

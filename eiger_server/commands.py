@@ -61,6 +61,15 @@ class CommandHandler:
                           f"{self.describe()}")
 
     def _config(self, args: List[str]) -> Reply:
+        if args and not self.ctrl.simplon.host:
+            # Started without -a: take the detector address from spec's ADDR field.
+            self.ctrl.simplon.host = args[0]
+        # A DCU fresh from boot is in state "na" and refuses to arm until it
+        # is initialized; do it now, while spec is configuring anyway.
+        if self.ctrl.simplon.get_value("detector", "status", "state") == "na":
+            log.info("detector state is 'na': initializing it")
+            self.ctrl.simplon.command("detector", "initialize")
+            self.ctrl.forget_detector()
         # Detection happens here (the version is not cached until it succeeds),
         # so an absent DCU errors clearly now and is found when it appears.
         self.ctrl.cache.drop("detector", ["x_pixels_in_detector", "y_pixels_in_detector",

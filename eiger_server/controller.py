@@ -10,6 +10,7 @@ only when they change; local rows call a component method by convention:
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -190,7 +191,7 @@ class EigerController:
     def __init__(self, options: Any, simplon: Optional[SimplonClient] = None) -> None:
         self.options = options
         self.simplon = simplon or SimplonClient(
-            getattr(options, "dcu_host", "localhost") or "localhost",
+            getattr(options, "dcu_host", None) or "",
             getattr(options, "dcu_port", 80),
             version=getattr(options, "simplon_version", None),
             timeout=getattr(options, "http_timeout", 5.0))
@@ -326,6 +327,12 @@ class EigerController:
         else:
             method = ("set_" if write else "get_") + attr
         handler: Callable[..., Any] = getattr(component, method)
+        try:
+            inspect.signature(handler).bind(*args)
+        except TypeError:
+            raise ParameterError(f"'{row.name}' does not take {len(args)} argument(s) "
+                                 f"({' '.join(args) or 'none given'}); see 'help eiger'"
+                                 ) from None
         return handler(*args)
 
     def _read_simplon(self, row: Param, key: str) -> Any:

@@ -20,8 +20,10 @@ Any failure removes the temporary file and leaves the DCU untouched.
 
 Listing: SIMPLON 1.8 reports the files as the filewriter status value
 ``files``; DECTRIS' own client lists them with ``GET
-/filewriter/api/<version>/files`` (the only way on 1.6). Both are tried, the
-version's usual one first, and the one that answered is remembered.
+/filewriter/api/<version>/files``; and the DCU's web server serves an HTML
+index at ``GET /data/`` whose links are the file names (the way on 1.6, which
+has no ``files`` status). They are tried in that order on 1.7+ (status last
+on 1.6), and the first that answers is remembered.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ import re
 import shutil
 import threading
 from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import unquote
 
 from . import paths
 from .controller import one_arg, parse_bool
@@ -46,6 +49,7 @@ CHUNK = 1 << 20
 # than a file in data_directory, so it is refused.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9._\-]*\Z")
 _SAFE_PATTERN = re.compile(r"[A-Za-z0-9._\-*?\[\]!]+\Z")
+_HREF = re.compile(r"""href=["']([^"'?#]+)["']""", re.IGNORECASE)
 
 
 def check_name(name: str) -> str:
@@ -58,7 +62,7 @@ def check_name(name: str) -> str:
 
 def check_pattern(pattern: str) -> str:
     """``pattern`` if it is a shell-style pattern over plain file names."""
-    if not _SAFE_PATTERN.match(pattern or "") or ".." in pattern:
+    if not _SAFE_PATTERN.match(pattern or "") or ".." in pattern or pattern.startswith("."):
         raise DataError(f"file pattern '{pattern}' is refused: use a file name or a "
                         "shell pattern such as 'eiger_12_*' (no '/', no '..')")
     return pattern
@@ -92,35 +96,47 @@ class FileTransfers:
     # -- listing ---------------------------------------------------------
     def get_files(self, *args: str) -> List[str]:
         """Names of the files on the DCU, as the DCU lists them."""
-        simplon = self.ctrl.simplon
-        order = ["status", "files"] if self.ctrl.version_at_least(1, 7) else ["files", "status"]
+        order = (["status", "files", "index"] if self.ctrl.version_at_least(1, 7)
+                 else ["files", "index", "status"])
         if self._list_via:
             order.remove(self._list_via)
             order.insert(0, self._list_via)
         failures = []
         for via in order:
             try:
-                if via == "status":
-                    value = simplon.get_value("filewriter", "status", "files")
-                else:
-                    url = simplon.url("filewriter", "files")
-                    response = simplon.request("GET", url, what="list the DCU's files")
-                    value = simplon._json(response, url)
-                    if isinstance(value, dict):
-                        value = value.get("value")
+                value = self._list(via)
             except DetectorError as exc:
                 if exc.status is None:               # the DCU is not answering at all
                     raise
                 failures.append(str(exc))
                 continue
-            if value is None:
-                value = []
             if not isinstance(value, list):
-                failures.append(f"{via}: unexpected answer {value!r}")
+                failures.append(f"{via}: unexpected answer {value!r:.100}")
                 continue
             self._list_via = via
             return [str(name) for name in value]
         raise DetectorError("cannot list the files on the DCU: " + "; ".join(failures))
+
+    def _list(self, via: str) -> Any:
+        """One way of listing the files (see the module docstring)."""
+        simplon = self.ctrl.simplon
+        if via == "status":
+            value = simplon.get_value("filewriter", "status", "files")
+            return [] if value is None else value
+        if via == "files":
+            url = simplon.url("filewriter", "files")
+            value = simplon._json(simplon.request("GET", url, what="list the DCU's files"), url)
+            return value.get("value") if isinstance(value, dict) else value
+        # The web server's index of /data/: the links are the file names.
+        response = simplon.request("GET", simplon.data_url(""), what="index of /data/")
+        if "html" not in response.headers.get("Content-Type", "html"):
+            return None
+        names = []
+        for link in _HREF.findall(response.text):
+            name = unquote(link).rsplit("/", 1)[-1]
+            if _SAFE_NAME.match(name) and ".." not in name and name not in names:
+                names.append(name)
+        return names
 
     def get_filelist(self, *args: str) -> List[str]:
         """The DCU's files matching a shell pattern (all without one)."""
@@ -185,8 +201,8 @@ class FileTransfers:
         """
         self._stop.clear()
         pattern = " ".join(args).strip() or self.default_pattern()
-        directory = self.ctrl.settings.data_directory
         names = self._select(pattern, "transfer")
+        directory = self.ctrl.settings.data_directory
         renamed: Dict[str, str] = {}                 # DCU name -> local name, when they differ
         done: List[Tuple[str, str, int, str]] = []   # (name, local path, bytes, how)
         for name in names:

@@ -47,6 +47,9 @@ class ServerOptions:
     fake_model: str = "1M"
     simplon_version: Optional[str] = None
     http_timeout: float = 5.0
+    stream_port: int = 9999
+    stream2_port: int = 31001
+    queue_depth: int = 256
 
     @property
     def lock_path(self) -> str:
@@ -96,6 +99,16 @@ def _verbosity(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{value} is outside 1-1000000")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -119,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="SECONDS", help="time limit of one request to the DCU (default 5)")
     det.add_argument("--simplon-version", metavar="X.Y.Z",
                      help="use this SIMPLON API version instead of asking the detector")
+    det.add_argument("--stream-port", dest="stream_port", type=_port, default=9999,
+                     metavar="PORT", help="the DCU's stream V1 (legacy) port (default 9999)")
+    det.add_argument("--stream2-port", dest="stream2_port", type=_port, default=31001,
+                     metavar="PORT", help="the DCU's stream V2 (CBOR) port (default 31001)")
+    det.add_argument("--queue-depth", dest="queue_depth", type=_count, default=256,
+                     metavar="N", help="frames buffered between the stream and its "
+                     "processing; past it frames are dropped and counted (default 256)")
     det.add_argument("-V", dest="show_version", action="store_true",
                      help="print the detector's SIMPLON API version and exit (needs -a)")
 

@@ -109,6 +109,7 @@ class LockFile:
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)   # the daemon changes to / later
         self._fd: Optional[int] = None
+        self.stale_pid: Optional[int] = None  # pid of a dead owner the lock was taken from
 
     @property
     def held(self) -> bool:
@@ -146,7 +147,8 @@ class LockFile:
                     # system without flock): still refuse.
                     os.close(fd)
                     raise AlreadyRunning(self.path, old)
-                log.info("removing stale lock file %s (pid %d is not running)", self.path, old)
+                self.stale_pid = old
+                log.info("replacing stale lock file %s (pid %d is not running)", self.path, old)
             self._fd = fd
             self.update_pid()
             return
@@ -195,24 +197,28 @@ class StartupReporter:
 
     def ready(self) -> None:
         """The server is listening."""
-        self._send(f"ready {os.getpid()}")
+        self._send(f"ready {os.getpid()}", close=True)
 
     def failed(self, message: str) -> None:
-        """The server could not start, because of ``message``."""
+        """The server could not start, because of ``message``.
+
+        The pipe stays open until this process exits, so the waiting parent
+        returns only after the daemon has cleaned up (lock file removed).
+        """
         if self._fd is None and self._echo:
             print(f"{PROGRAM}: {message}", file=sys.stderr, flush=True)
-        self._send("failed " + " ".join(message.split()))
+        self._send("failed " + " ".join(message.split()), close=False)
 
-    def _send(self, line: str) -> None:
+    def _send(self, line: str, close: bool) -> None:
         if self._fd is None:
             return
         try:
             os.write(self._fd, (line + "\n").encode("utf-8", errors="replace"))
         except OSError:
             pass  # the parent gave up waiting
-        finally:
+        if close:
             os.close(self._fd)
-            self._fd = None
+        self._fd = None
 
 
 def daemonize(logfile: str, wait: float = STARTUP_WAIT) -> StartupReporter:
@@ -248,7 +254,11 @@ def daemonize(logfile: str, wait: float = STARTUP_WAIT) -> StartupReporter:
 def _wait_for_daemon(rfd: int, child: int, logfile: str, wait: float) -> int:
     data = b""
     deadline = time.monotonic() + wait
-    while b"\n" not in data:
+    # Read up to "ready"; after "failed", on to the end of the pipe (the
+    # daemon has exited and cleaned up), but not for long.
+    while not (data.startswith(b"ready") and b"\n" in data):
+        if data.startswith(b"failed") and b"\n" in data:
+            deadline = min(deadline, time.monotonic() + 10.0)
         left = deadline - time.monotonic()
         if left <= 0:
             break

@@ -8,7 +8,6 @@ followed by raw bytes whose count the server announces in its answer.
 :class:`ServerConnection` is the server side of one connection,
 :class:`ClientConnection` the client side. Neither touches a socket: the
 caller feeds received bytes in and sends the bytes they return.
-See /work/shared/PROTOCOL.md for the contract.
 """
 from __future__ import annotations
 
@@ -397,6 +396,7 @@ class ClientConnection:
         self._pending: Dict[int, tuple] = {}   # cmdno -> (command, expect_payload)
         self._current: Optional[Response] = None
         self._payload_left = 0
+        self._collected = bytearray()
         self.garbage = 0                       # bytes skipped that were no reply
 
     def send(self, command: str, *args: Any, expect_payload: ExpectPayload = None) -> bytes:
@@ -426,11 +426,13 @@ class ClientConnection:
         while True:
             if self._current is not None:
                 take = min(self._payload_left, len(buf) - pos)
-                self._current.payload += bytes(buf[pos:pos + take])
+                self._collected += buf[pos:pos + take]
                 pos += take
                 self._payload_left -= take
                 if self._payload_left:
                     break
+                self._current.payload = bytes(self._collected)
+                self._collected = bytearray()
                 out.append(self._current)
                 self._current = None
                 continue
@@ -470,7 +472,7 @@ class ClientConnection:
         if not resp.ok or command is None:
             return 0
         if callable(expect):
-            return int(expect(resp.text))
+            return int(expect(resp.text) or 0)
         if isinstance(expect, int):
             # Only data headers start with a digit; "busy", "not ready" and
             # the like carry no payload.

@@ -17,6 +17,7 @@ import os
 import queue
 import selectors
 import socket
+import struct
 import threading
 import time
 from typing import Any, Deque, Dict, List, Optional, Tuple
@@ -75,8 +76,11 @@ class HardwareServer:
             self._listener = socket.create_server((bind, port), family=family, backlog=32)
         except OSError as exc:
             where = f"{bind or 'all interfaces'} port {port}"
-            raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}; "
-                                     f"is another server using it? choose another port with -p") from exc
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            err = OSError(f"cannot listen on {where}: {why}; is another server using it? "
+                          f"choose another port with -p")
+            err.errno = exc.errno
+            raise err from exc
         self._listener.setblocking(False)
         self.port: int = self._listener.getsockname()[1]
         self.bind = bind
@@ -318,7 +322,7 @@ class HardwareServer:
         if client.out_bytes > self.max_output:
             log.warning("client %s does not read its replies (%d bytes waiting, limit %d); "
                         "closing the connection", client.name, client.out_bytes, self.max_output)
-            self._close(client)
+            self._close(client, abort=True)
             return
         for part in client.conn.reply_parts(cmdno, reply):
             mv = part if isinstance(part, memoryview) else memoryview(part)
@@ -362,10 +366,18 @@ class HardwareServer:
             self._sel.modify(client.sock, mask, client)
         client.mask = mask
 
-    def _close(self, client: _Client) -> None:
+    def _close(self, client: _Client, abort: bool = False) -> None:
+        """Forget a client; with ``abort`` also drop what the kernel still
+        holds for it (a reset instead of an orderly close)."""
         if client.closed:
             return
         client.closed = True
+        if abort:
+            try:
+                client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+            except OSError:
+                pass
         if client.mask:
             try:
                 self._sel.unregister(client.sock)

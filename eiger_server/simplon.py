@@ -73,6 +73,9 @@ class SimplonClient:
                 what: str = "") -> requests.Response:
         """One HTTP call; any failure becomes a DetectorError naming the URL."""
         what = what or f"{method} {url}"
+        if not self.host:
+            raise DetectorError(f"{what}: no detector address is known; start eiger_server "
+                                "with -a HOST (spec passes the ADDR field of its config)")
         kwargs: Dict[str, Any] = {"timeout": timeout or self.timeout, "stream": stream}
         if json_body is not None:
             kwargs["json"] = json_body

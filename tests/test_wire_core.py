@@ -60,19 +60,18 @@ class RawClient:
 def wire(request, tmp_path):
     http = free_port()
     dcu = subprocess.Popen([sys.executable, "-m", "eiger_server.fakedcu", "--http-port", str(http),
+                            "--stream-port", "0", "--stream2-port", "0",
                             "--api", request.param, "--model", "1M"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def dcu_up() -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", http), timeout=0.5).close()
-            return True
-        except OSError:
-            return False
-
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        wait_for(dcu_up, 20, what="the fake DCU")
-        server = ServerProcess(["-a", "127.0.0.1", "-P", str(http)], tmp_path)
+        # Once serving, the fake DCU prints a line with "stream_port N stream2_port N".
+        words = dcu.stdout.readline().split()
+        ports = {key: words[i + 1] for i, key in enumerate(words[:-1])
+                 if key.endswith("port")}
+        assert "stream_port" in ports, f"fake DCU did not start: {words}"
+        server = ServerProcess(["-a", "127.0.0.1", "-P", str(http), "--stream-port",
+                                ports["stream_port"], "--stream2-port", ports["stream2_port"]],
+                               tmp_path)
         client = RawClient(server.port)
         yield request.param, client, server
         client.close()
@@ -80,6 +79,7 @@ def wire(request, tmp_path):
     finally:
         dcu.terminate()
         dcu.wait(10)
+        dcu.stdout.close()
 
 
 def test_a_wire_only_client_drives_the_detector(wire):

@@ -1,0 +1,112 @@
+"""FakeDCUApp: the fake DCU's model, HTTP server and stream adapters wired together."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, List, Optional, Union
+
+from .frames import make_source
+from .http import FakeDCUHTTPServer
+from .interfaces import FrameSource
+from .model import FakeDCU
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FakeDCUApp"]
+
+
+class FakeDCUApp:
+    """A complete fake DCU on local ports (0 = a free port).
+
+    ``start()`` binds and serves on background threads, ``stop()`` ends it;
+    also a context manager. After start: ``http_port``, ``stream_port``
+    (stream V1), ``stream2_port`` (stream V2) and ``url``. Real DCUs use
+    80, 9999 and 31001.
+    """
+
+    def __init__(self, api: str = "1.8.0", model: str = "1M", host: str = "127.0.0.1",
+                 http_port: int = 0, stream_port: int = 0, stream2_port: int = 0,
+                 source: Union[str, FrameSource] = "synthetic",
+                 data_dir: Optional[Union[str, Path]] = None, *,
+                 streams: bool = True, arm_delay: float = 0.0):
+        self.host = host
+        frame_source = make_source(source) if isinstance(source, str) else source
+        self.model = FakeDCU(api, model, source=frame_source,
+                             data_dir=Path(data_dir) if data_dir is not None else None,
+                             arm_delay=arm_delay)
+        self._want_ports = (http_port, stream_port, stream2_port)
+        self._streams_wanted = streams
+        self.http: Optional[FakeDCUHTTPServer] = None
+        self.stream_v1: Any = None
+        self.stream_v2: Any = None
+        self.http_port: int = http_port
+        self.stream_port: int = stream_port
+        self.stream2_port: int = stream2_port
+        self._started = False
+
+    @property
+    def url(self) -> str:
+        """Base URL of the REST API, e.g. ``http://127.0.0.1:8080``."""
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def faults(self) -> Any:
+        return self.model.faults
+
+    def start(self) -> "FakeDCUApp":
+        """Bind all ports and start serving. OSError when a port is taken."""
+        if self._started:
+            return self
+        http_port, stream_port, stream2_port = self._want_ports
+        started: List[Any] = []
+        try:
+            if self._streams_wanted:
+                from .streams import StreamV1Adapter, StreamV2Adapter
+                self.stream_v1 = StreamV1Adapter(self.model, self.host, stream_port)
+                self.stream_v2 = StreamV2Adapter(self.model, self.host, stream2_port)
+                for adapter in (self.stream_v1, self.stream_v2):
+                    adapter.start()
+                    started.append(adapter)
+                    self.model.stream_adapters.append(adapter)
+                    self.model.add_sink(adapter)
+                self.stream_port = self.stream_v1.port
+                self.stream2_port = self.stream_v2.port
+            self.http = FakeDCUHTTPServer(self.model, self.host, http_port)
+            self.http.start()
+            self.http_port = self.http.port
+        except Exception:
+            for adapter in started:
+                self._detach(adapter)
+            raise
+        self._started = True
+        log.info("fake DCU (API %s, %s) on %s, stream V1 port %s, stream V2 port %s",
+                 self.model.api, self.model.detector_model, self.url,
+                 self.stream_port, self.stream2_port)
+        return self
+
+    def _detach(self, adapter: Any) -> None:
+        self.model.remove_sink(adapter)
+        if adapter in self.model.stream_adapters:
+            self.model.stream_adapters.remove(adapter)
+        try:
+            adapter.close()
+        except Exception:
+            log.exception("closing stream adapter %r failed", adapter)
+
+    def stop(self) -> None:
+        """Stop serving, end any series, close sockets and threads."""
+        if self.http is not None:
+            self.http.close()
+            self.http = None
+        self.model.close()
+        for adapter in (self.stream_v1, self.stream_v2):
+            if adapter is not None:
+                self._detach(adapter)
+        self.stream_v1 = self.stream_v2 = None
+        self._started = False
+
+    def __enter__(self) -> "FakeDCUApp":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -1,0 +1,207 @@
+"""Monitor images and pixel mask / flatfield files, end to end against the fake DCU."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import tifffile
+
+from helpers import wait_for
+from eiger_server.darray import decode_darray
+from eiger_server.errors import DataError, NotSupported, ParameterError
+
+
+def wait_job(ctrl, timeout: float = 30.0) -> str:
+    wait_for(lambda: ctrl.get("cmd_executing") == "0", timeout, what="the background command")
+    return ctrl.get("get_answer")
+
+
+def acquire(ctrl, nimages: int) -> int:
+    """One series of ``nimages`` fast images; its series id."""
+    ctrl.set("nimages", [str(nimages)])
+    ctrl.set("ntrigger", ["1"])
+    ctrl.set("trigger_mode", ["ints"])
+    ctrl.set("count_time", ["0.001"])
+    ctrl.set("frame_time", ["0.002"])
+    seqid = int(ctrl.set("arm"))
+    ctrl.set("trigger")
+    wait_for(lambda: not ctrl.acq.counting() and ctrl.get("state") in ("ready", "idle"), 20,
+             what="the series")
+    ctrl.set("disarm")
+    return seqid
+
+
+def source_frame(app, index: int, channels=("threshold_1",), channel="threshold_1"):
+    w = int(app.model.config_value("detector", "x_pixels_in_detector"))
+    h = int(app.model.config_value("detector", "y_pixels_in_detector"))
+    dtype = np.dtype(f"uint{int(app.model.config_value('detector', 'bit_depth_image'))}")
+    return app.model.source.frame(index, w, h, dtype, list(channels))[channel]
+
+
+def dcu_array(ctrl, key: str) -> np.ndarray:
+    return decode_darray(ctrl.simplon.get("detector", "config", key))
+
+
+# -- monitor ------------------------------------------------------------
+@pytest.mark.parametrize("api", ["1.8.0"])
+def test_monitor_images_save_and_pop(controller, fake_dcu, tmp_path):
+    ctrl, app = controller, fake_dcu
+    ctrl.set("prefix", ["mon_$id"])
+    ctrl.set("monitor_mode", ["1"])
+    ctrl.set("buffer_size", ["5"])
+    seqid = acquire(ctrl, 3)
+    wait_for(lambda: ctrl.get("monitor_images") == f"[[{seqid}, [0, 1, 2]]]", 10,
+             what="three images in the monitor")
+
+    first = ctrl.get("monitor_pop")
+    assert first == str(tmp_path / "data" / f"mon_{seqid}_s{seqid}_i0.tif")
+    np.testing.assert_array_equal(tifffile.imread(first), source_frame(app, 0))
+    assert ctrl.get("monitor_images") == f"[[{seqid}, [1, 2]]]"
+
+    given = ctrl.get("monitor_save", [f"{seqid} 1"])
+    assert Path(given).name == f"mon_{seqid}_s{seqid}_i1.tif"
+    np.testing.assert_array_equal(tifffile.imread(given), source_frame(app, 1))
+    # Saving the same image again never overwrites: a new name.
+    again = ctrl.get("monitor_save", [str(seqid), "1"])
+    assert Path(again).name == f"mon_{seqid}_s{seqid}_i1-img001.tif"
+
+    latest = ctrl.get("monitor_save")
+    assert Path(latest).name == f"mon_{seqid}_monitor.tif"
+    np.testing.assert_array_equal(tifffile.imread(latest), source_frame(app, 2))
+    threshold = ctrl.get("monitor_save_threshold", ["1"])
+    assert Path(threshold).name == f"mon_{seqid}_monitor_th1.tif"
+    np.testing.assert_array_equal(tifffile.imread(threshold), source_frame(app, 2))
+    assert not list((tmp_path / "data").glob(".*"))            # no temporary files left
+
+    with pytest.raises(DataError, match=f"image 7 of series {seqid} is not available"):
+        ctrl.get("monitor_save", [f"{seqid} 7"])
+    with pytest.raises(ParameterError, match="monitor_save takes no argument"):
+        ctrl.get("monitor_save", ["1"])
+    with pytest.raises(ParameterError, match="monitor_save_threshold needs"):
+        ctrl.get("monitor_save_threshold")
+    ctrl.get("monitor_pop")
+    ctrl.get("monitor_pop")
+    with pytest.raises(DataError, match="the oldest monitor image is not available: the monitor buffer is empty"):
+        ctrl.get("monitor_pop")
+
+
+@pytest.mark.parametrize("api", ["1.6.0"])
+def test_monitor_needs_simplon_1_8(controller):
+    with pytest.raises(ParameterError, match="needs SIMPLON 1.8 or later"):
+        controller.get("monitor_pop")
+
+
+# -- pixel mask and flatfield -------------------------------------------------
+@pytest.mark.parametrize("api", ["1.6.0", "1.8.0"])
+def test_pixelmask_save_load_round_trip(controller, tmp_path):
+    ctrl = controller
+    data = tmp_path / "data"
+    saved = ctrl.get("pixelmask_save", ["mask_a"])
+    assert saved == str(data / "mask_a.npy")
+    original = np.load(saved, allow_pickle=False)
+    assert original.dtype == np.uint32
+    np.testing.assert_array_equal(original, dcu_array(ctrl, "pixel_mask"))
+    assert original.shape == (int(ctrl.get("y_pixels_in_detector")),
+                              int(ctrl.get("x_pixels_in_detector")))
+
+    # A mask with every bit pattern in odd places, not symmetric in x/y.
+    rng = np.random.default_rng(7)
+    mask = original.copy()
+    mask[rng.integers(0, mask.shape[0], 500), rng.integers(0, mask.shape[1], 500)] = \
+        rng.integers(1, 2 ** 32, 500, dtype=np.uint64).astype(np.uint32)
+    mask[0, -1] = 0xFFFFFFFF
+    np.save(data / "edited.npy", mask)
+    answer = ctrl.get("pixelmask_load", [str(data / "edited.npy")])
+    assert answer.startswith(f"pixel mask loaded from {data / 'edited.npy'}")
+    np.testing.assert_array_equal(dcu_array(ctrl, "pixel_mask"), mask)
+    back = np.load(ctrl.get("pixelmask_save", ["mask_b.npy"]), allow_pickle=False)
+    assert back.dtype == mask.dtype and back.tobytes() == mask.tobytes()
+
+    # The documented default lives in /tmp.
+    assert ctrl.get("pixelmask_save") == "/tmp/pixelmask.npy"
+    np.testing.assert_array_equal(np.load("/tmp/pixelmask.npy"), mask)
+
+
+@pytest.mark.parametrize("api", ["1.8.0"])
+def test_pixelmask_files_are_checked(controller, tmp_path):
+    ctrl = controller
+    data = tmp_path / "data"
+    for name in ("/etc/mask.npy", "../outside.npy", "/var/tmp/x.npy"):
+        with pytest.raises(DataError, match="outside"):
+            ctrl.get("pixelmask_save", [name])
+    with pytest.raises(DataError, match="outside"):
+        ctrl.get("pixelmask_load", ["/etc/passwd"])
+    np.save(data / "small.npy", np.zeros((3, 4), np.uint32))
+    with pytest.raises(DataError, match=r"shape \(3, 4\); this detector needs"):
+        ctrl.get("pixelmask_load", ["small"])
+    h, w = int(ctrl.get("y_pixels_in_detector")), int(ctrl.get("x_pixels_in_detector"))
+    np.save(data / "float.npy", np.zeros((h, w), np.float32))
+    with pytest.raises(DataError, match="holds float32 values"):
+        ctrl.get("pixelmask_load", ["float.npy"])
+    (data / "text.npy").write_text("not numpy")
+    with pytest.raises(DataError, match="is not a numpy .npy array file"):
+        ctrl.get("pixelmask_load", ["text.npy"])
+    with pytest.raises(DataError, match="does not exist"):
+        ctrl.get("pixelmask_load", ["missing.npy"])
+
+
+@pytest.mark.parametrize("api", ["1.8.0"])
+def test_flatfield_save(controller, tmp_path):
+    path = controller.get("flatfield_save", ["ff"])
+    assert path == str(tmp_path / "data" / "ff.npy")
+    flat = np.load(path)
+    assert flat.dtype == np.float32
+    np.testing.assert_array_equal(flat, dcu_array(controller, "flatfield"))
+    assert controller.get("flatfield_save") == "/tmp/flatfield.npy"
+
+
+@pytest.mark.parametrize("api", ["1.8.0"])
+def test_pixelmask_calibrate_flags_counting_pixels(controller, monkeypatch):
+    ctrl = controller
+    old = dcu_array(ctrl, "pixel_mask")
+    dark = np.zeros(old.shape, np.uint16)
+    dark[10, 20] = 3                      # hot pixels in a dark image
+    dark[-1, 5] = 1
+    dark[0, 0] = 65535                    # a gap/masked value: not a hot pixel
+    already = np.argwhere(old & 8)
+    monkeypatch.setattr(ctrl.stream, "latest", lambda: None)
+    assert ctrl.set("pixelmask_calibrate") == "started"
+    assert wait_job(ctrl) == ("error: no image yet: take a dark image with the stream "
+                              "enabled first")
+    monkeypatch.setattr(ctrl.stream, "latest", lambda: SimpleNamespace(raw=dark))
+    ctrl.set("pixelmask_calibrate")
+    answer = wait_job(ctrl)
+    expected = old.copy()
+    expected[10, 20] |= 8
+    expected[-1, 5] |= 8
+    assert answer == str(int(np.count_nonzero(expected != old)))
+    assert ctrl.get("get_command") == "pixelmask_calibrate"
+    np.testing.assert_array_equal(dcu_array(ctrl, "pixel_mask"), expected)
+    np.testing.assert_array_equal(np.load("/tmp/pixelmask.bck", allow_pickle=False), old)
+    assert len(already) == 0 or (dcu_array(ctrl, "pixel_mask")[tuple(already.T)] & 8).all()
+
+
+@pytest.mark.parametrize("api", ["1.8.0"])
+def test_pixelmask_calibrate_on_a_streamed_image(controller):
+    ctrl = controller
+    ctrl.set("stream_mode", ["1"])
+    acquire(ctrl, 1)
+    wait_for(lambda: ctrl.stream.latest() is not None, 10, what="a streamed image")
+    raw = ctrl.stream.latest().raw
+    old = dcu_array(ctrl, "pixel_mask")
+    ctrl.set("pixelmask_calibrate")
+    answer = wait_job(ctrl)
+    counted = (raw != 0) & (raw != np.iinfo(raw.dtype).max)
+    expected = old | np.where(counted, np.uint32(8), np.uint32(0))
+    assert int(answer) > 0 and answer == str(int(np.count_nonzero(expected != old)))
+    np.testing.assert_array_equal(dcu_array(ctrl, "pixel_mask"), expected)
+
+
+# -- collection mode -------------------------------------------------------------
+@pytest.mark.parametrize("api", ["1.8.0"])
+def test_collection_mode_is_refused_clearly(controller):
+    for name in ("collection_start", "collection_get", "is_collecting"):
+        with pytest.raises(NotSupported, match="collection mode is not supported"):
+            controller.get(name)
