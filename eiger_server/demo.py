@@ -105,6 +105,8 @@ def run_session(client: "WireClient", out: Path) -> None:
     client.set("stream_prefix", "demo")
     client.set("stream_autoindex", "1")
     client.set("nimages", "1")
+    # As eiger_scan_head does: one series with a trigger per point, armed once.
+    client.set("ntrigger", "3")
     client.command("set_roi", "center", "200", "300", "400", "600")
     for point in range(3):
         client.command("run", "0.1", "0")
@@ -122,6 +124,7 @@ def run_session(client: "WireClient", out: Path) -> None:
     client.set("nimages_per_file", "2")
     client.set("prefix", "demo_$id")
     client.set("nimages", "5")
+    client.set("ntrigger", "1")
     client.set("count_time", "0.02")
     client.set("data_directory", str(out / "hdf5"))
     client.get("arm")

@@ -207,7 +207,11 @@ class FileTransfers:
         done: List[Tuple[str, str, int, str]] = []   # (name, local path, bytes, how)
         for name in names:
             try:
-                done.append(self._transfer_one(name, directory, renamed))
+                try:
+                    done.append(self._transfer_one(name, directory, renamed))
+                except OSError as exc:           # rename/stat/compare in data_directory
+                    raise paths.disk_error(exc, os.path.join(directory, name),
+                                           "placing the transferred file") from None
             except DataError as exc:
                 kept = (f"; {len(done)} of {len(names)} files were transferred before it"
                         if done else "")
@@ -224,8 +228,14 @@ class FileTransfers:
                              "file had its name)")
         if self.auto_delete:
             # Every file of the request is verified here: now the DCU may forget them.
-            for name, _, _, _ in done:
-                self.ctrl.simplon.delete_data(name)
+            for count, (name, _, _, _) in enumerate(done):
+                try:
+                    self.ctrl.simplon.delete_data(name)
+                except DetectorError as exc:
+                    raise DataError(f"{len(done)} files transferred to {directory}, but "
+                                    f"deleting '{name}' from the DCU failed ({exc}) after "
+                                    f"{count} deletions; the copies here are complete: "
+                                    "delete the rest with 'delete'") from None
             notes.append("deleted from the DCU")
         summary = (f"{len(done)} file{'s' if len(done) != 1 else ''} transferred "
                    f"({total} bytes) to {directory}")

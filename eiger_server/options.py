@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import List, Optional, Sequence
 
 from . import __version__
@@ -49,7 +49,7 @@ class ServerOptions:
     http_timeout: float = 5.0
     stream_port: int = 9999
     stream2_port: int = 31001
-    queue_depth: int = 256
+    queue_depth: int = 64
 
     @property
     def lock_path(self) -> str:
@@ -136,9 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="PORT", help="the DCU's stream V1 (legacy) port (default 9999)")
     det.add_argument("--stream2-port", dest="stream2_port", type=_port, default=31001,
                      metavar="PORT", help="the DCU's stream V2 (CBOR) port (default 31001)")
-    det.add_argument("--queue-depth", dest="queue_depth", type=_count, default=256,
+    det.add_argument("--queue-depth", dest="queue_depth", type=_count, default=64,
                      metavar="N", help="frames buffered between the stream and its "
-                     "processing; past it frames are dropped and counted (default 256)")
+                     "processing; past it frames are dropped and counted (default 64)")
     det.add_argument("-V", dest="show_version", action="store_true",
                      help="print the detector's SIMPLON API version and exit (needs -a)")
 
@@ -186,13 +186,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> ServerOptions:
     Bad options print a usage message and raise SystemExit(2).
     """
     ns = build_parser().parse_args(None if argv is None else list(argv))
-    return ServerOptions(
-        dcu_host=ns.dcu_host, dcu_port=ns.dcu_port, port=ns.port, bind=ns.bind,
-        daemon=ns.daemon, kill=ns.kill, logfile=ns.logfile, lockfile=ns.lockfile,
-        verbosity=ns.verbosity, show_version=ns.show_version, rotation=ns.rotation,
-        flipv=ns.flipv, fliph=ns.fliph, fake_dcu=ns.fake_dcu, fake_api=ns.fake_api,
-        fake_model=ns.fake_model, simplon_version=ns.simplon_version,
-        http_timeout=ns.http_timeout)
+    # Every dataclass field has an argparse destination of the same name.
+    return ServerOptions(**{f.name: getattr(ns, f.name) for f in fields(ServerOptions)})
 
 
 __all__: List[str] = ["ServerOptions", "parse_args", "build_parser", "default_lockfile",
