@@ -15,6 +15,10 @@ import numpy as np
 from .errors import DataError
 
 
+class DarrayError(DataError, ValueError):
+    """A malformed darray (a ValueError too, for code that treats it as bad input)."""
+
+
 def decode_darray(obj: Any) -> np.ndarray:
     """Turn a darray object (or a plain nested list) into a numpy array."""
     if isinstance(obj, dict) and "value" in obj and "__darray__" not in obj:
@@ -22,19 +26,22 @@ def decode_darray(obj: Any) -> np.ndarray:
     if isinstance(obj, list):
         return np.asarray(obj)
     if not isinstance(obj, dict) or "__darray__" not in obj:
-        raise DataError(f"expected a darray object, got {type(obj).__name__}")
+        raise DarrayError(f"expected a darray object, got {type(obj).__name__}")
     filters = obj.get("filters", [])
-    if filters not in (["base64"], ("base64",)):
-        raise DataError(f"darray filters {filters} are not supported (only base64)")
+    if list(filters) != ["base64"]:
+        raise DarrayError(f"darray filters {filters} are not supported (only ['base64'])")
     try:
-        dtype = np.dtype(obj["type"])
+        dtype = np.dtype(str(obj["type"]))
         shape = [int(n) for n in obj["shape"]]
-        raw = base64.b64decode(obj["data"])
+        raw = base64.b64decode(obj["data"], validate=True)
     except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"malformed darray: {exc}") from None
+        raise DarrayError(f"malformed darray (needs type, shape and base64 data): {exc}"
+                          ) from None
+    if any(n < 0 for n in shape):
+        raise DarrayError(f"darray shape {shape} has a negative size")
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) != expected:
-        raise DataError(f"darray holds {len(raw)} bytes, shape {shape} of {dtype} "
+        raise DarrayError(f"darray holds {len(raw)} bytes, shape {shape} of {dtype} "
                         f"needs {expected}")
     return np.frombuffer(raw, dtype=dtype).reshape(shape[::-1]).copy()
 

@@ -13,7 +13,6 @@ engine or while calling sinks.
 """
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 import inspect
 import logging
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+
+from ..darray import decode_darray, encode_darray
 
 from .frames import SyntheticSource, default_pixel_mask
 from .interfaces import Frame, FrameSink, FrameSource, SeriesEnd, SeriesStart
@@ -76,43 +77,6 @@ def _unique_id() -> str:
     """A ULID-style identifier (time-ordered, 26 characters) like the DCU's."""
     n = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
     return "".join(_CROCKFORD[(n >> (5 * i)) & 31] for i in range(25, -1, -1))
-
-
-def encode_darray(array: np.ndarray) -> Dict[str, Any]:
-    """An array as the SIMPLON ``__darray__`` JSON object (shape listed x first)."""
-    arr = np.ascontiguousarray(array)
-    if arr.dtype.byteorder == ">":
-        arr = arr.astype(arr.dtype.newbyteorder("<"))
-    return {"__darray__": [1, 0, 0], "type": arr.dtype.str,
-            "shape": list(reversed(arr.shape)), "filters": ["base64"],
-            "data": base64.b64encode(arr.tobytes()).decode("ascii")}
-
-
-def decode_darray(obj: Any) -> np.ndarray:
-    """The array of a ``__darray__`` JSON object. ValueError when it is malformed."""
-    if not isinstance(obj, dict) or "__darray__" not in obj:
-        raise ValueError("expected a {\"__darray__\": ...} object")
-    try:
-        dtype = np.dtype(str(obj["type"]))
-        shape = tuple(int(n) for n in reversed(obj["shape"]))
-        filters = list(obj.get("filters", []))
-        data: Any = obj["data"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"darray needs 'type', 'shape' and 'data' ({exc})") from None
-    for f in reversed(filters):
-        if f != "base64":
-            raise ValueError(f"darray filter {f!r} is not supported; use ['base64']")
-        try:
-            data = base64.b64decode(data, validate=True)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"darray data is not valid base64 ({exc})") from None
-    if not isinstance(data, (bytes, bytearray)):
-        raise ValueError("darray data must be base64 text with filters ['base64']")
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(data) != expected:
-        raise ValueError(f"darray data has {len(data)} bytes; type {dtype.str} and "
-                         f"shape {list(reversed(shape))} need {expected}")
-    return np.frombuffer(bytes(data), dtype=dtype).reshape(shape)
 
 
 def _infer_type(value: Any) -> str:
