@@ -199,6 +199,21 @@ class Acquisition:
             n = 1
         return n, preset / n
 
+    def program_exposure(self, exposure: float) -> None:
+        """count_time = frame_time = exposure, as far as the DCU allows.
+
+        The DCU keeps frame_time >= count_time + readout time and adjusts one
+        when the other is set; a frame_time within one readout time of the
+        exposure is what it makes of "both equal", so it is left alone (else
+        every count would write it again and force a re-arm).
+        """
+        ctrl = self.ctrl
+        ctrl.write_config("detector", "count_time", exposure)
+        readout = float(ctrl.config_value("detector_readout_time") or 0.0)
+        frame_time = float(ctrl.config_value("frame_time"))
+        if abs(frame_time - exposure) > readout + 1e-9 * max(1.0, exposure):
+            ctrl.write_config("detector", "frame_time", exposure + readout)
+
     def _images_per_trigger(self) -> int:
         try:
             return int(self.ctrl.config_value("nimages"))
@@ -211,8 +226,7 @@ class Acquisition:
         accumulate = self.acq_mode == "ACCUM"
         with self._lock:
             # Program only what changed; the cache answers without a round trip.
-            ctrl.write_config("detector", "frame_time", exposure)
-            ctrl.write_config("detector", "count_time", exposure)
+            self.program_exposure(exposure)
             if accumulate:
                 ctrl.write_config("detector", "nimages", n)
                 self.last_acc_n = n
