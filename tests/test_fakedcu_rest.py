@@ -325,7 +325,7 @@ def test_frames_keep_their_schedule(dcu18):
     t0 = time.monotonic()
     dcu.cmd("trigger")
     elapsed = time.monotonic() - t0
-    assert 0.39 <= elapsed < 0.6
+    assert 0.39 <= elapsed < 1.5      # paced, not run flat out (upper bound loose for busy CI)
     starts = [f.start_time_ns for f in dcu.sink.frames]
     assert (starts[-1] - starts[0]) / 1e9 == pytest.approx(0.39, abs=1e-6)
 
