@@ -233,6 +233,16 @@ class Acquisition:
         nimages = n if accumulate else self._images_per_trigger()
         self._trigger_once(exposure, nimages, accumulate)
 
+    def _count_broke(self, exc: DetectorError, nimages: int) -> DetectorError:
+        """``exc`` saying how much of the count the stream had delivered: the
+        DCU went away mid-series, so spec learns how many images are lost."""
+        if not self.ctrl.stream.enabled():
+            return exc
+        got = int(self.ctrl.stream.get_images_collected())
+        return DetectorError(f"{exc}; {got} of the count's {nimages} images had arrived, "
+                             f"the other {max(0, nimages - got)} are lost",
+                             url=exc.url, status=exc.status, text=exc.text)
+
     def _trigger_once(self, exposure: Optional[float], nimages: int, accumulate: bool) -> None:
         ctrl = self.ctrl
         with self._lock:
@@ -249,7 +259,7 @@ class Acquisition:
                     ctrl.simplon.command("detector", "trigger", value, timeout=timeout)
                 except DetectorError as exc:
                     if exc.status is None or self._halt.is_set():
-                        raise
+                        raise self._count_broke(exc, nimages) from None
                     # The DCU may have ended the series on its own (restart,
                     # another client): arm again and retry once.
                     log.warning("trigger refused (%s); arming again", exc)

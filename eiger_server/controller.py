@@ -350,7 +350,9 @@ class EigerController:
         return value
 
     def _write_simplon(self, row: Param, name: str, key: str, args: List[str]) -> Any:
-        description = self.describe(row.subsystem, key)
+        # spec's own set compares with the DCU's value now, not the cache: a DCU
+        # that restarted is back at its defaults and the cache would skip the PUT.
+        description = self.describe(row.subsystem, key, fresh=True)
         value = self.to_dcu(row, name, args, description)
         self.write_config(row.subsystem, key, value)
         return self._read_simplon(row, key)

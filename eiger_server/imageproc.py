@@ -141,6 +141,33 @@ def masked_max(image: np.ndarray) -> int | float:
     return int(np.max(image, where=image != masked_at, initial=0))
 
 
+def _wide_sum(image: np.ndarray) -> int:
+    """Exact sum of an unsigned image; 8/16-bit rows are summed in uint32 first
+    (a row cannot overflow it), which is about twice as fast as uint64."""
+    if image.ndim == 2 and image.dtype.itemsize <= 2 and image.shape[1] < 65536:
+        return int(image.sum(axis=1, dtype=np.uint32).sum(dtype=np.uint64))
+    return int(image.sum(dtype=np.uint64))
+
+
+def masked_stats(image: np.ndarray) -> tuple:
+    """(masked_sum, masked_max) in one go, sharing the masked-pixel count.
+
+    For unsigned images the largest unmasked value is found by adding 1 with
+    wrap-around (the mask value becomes 0), which is much faster than a
+    ``where=`` reduction.
+    """
+    masked_at = mask_value(image.dtype)
+    if masked_at is None or image.dtype.kind != "u" or image.size == 0:
+        return masked_sum(image), masked_max(image)
+    top = int(image.max())
+    nmasked = 0
+    if top == masked_at:
+        nmasked = int(np.count_nonzero(image == masked_at))
+        top = 0 if nmasked == image.size else \
+            int(np.add(image, 1, dtype=image.dtype).max()) - 1
+    return _wide_sum(image) - nmasked * masked_at, top
+
+
 def roi_bounds(shape: tuple, r0: int, r1: int, c0: int, c1: int) -> tuple:
     """Check an inclusive ROI against an image shape; returns slices."""
     rows, cols = shape[:2]

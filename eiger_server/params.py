@@ -248,6 +248,9 @@ TABLE: List[Param] = [
        local="stream.version"),
     _p("stream_autosave", SC, "RW", "ALL", "save every streamed image as TIFF (1/0)",
        local="stream.autosave"),
+    _p("stream_save_mode", SC, "RW", "ALL",
+       "what autosave writes: TIFF (decoded images) or HDF5RAW (compressed frames as "
+       "HDF5 chunks, no decoding)", local="stream.save_mode"),
     _p("stream_latest_file", SC, "R", "ALL", "last TIFF file written", local="stream.latest_file"),
     _p("header_detail", SC, "RW", "ALL", "stream header detail: all, basic or none",
        subsystem="stream", task="config", conv="str"),

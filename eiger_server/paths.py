@@ -3,6 +3,7 @@ nothing is left half-written under its final name.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
@@ -12,6 +13,7 @@ from typing import IO, Iterator, Optional
 from .errors import DataError
 
 _IMG_SUFFIX = re.compile(r"-img(\d{3,})\Z")
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 
 
 def safe_join(directory: str, name: str, *, allow_subdirs: bool = True) -> str:
@@ -86,11 +88,18 @@ def ensure_dir(path: str, what: str = "data directory") -> str:
 def disk_error(exc: OSError, path: str, what: str) -> DataError:
     """A clear message for a failed write (full disk, permissions, ...)."""
     reason = exc.strerror or str(exc)
-    hint = {28: "the disk is full; free space or change data_directory",
-            13: "permission denied; choose a writable data_directory",
-            30: "the file system is read-only; change data_directory",
-            2: "the directory does not exist; set data_directory again"}.get(exc.errno or 0,
-                                                                             "check data_directory")
+    code = exc.errno or 0
+    if not code and _SHORT_WRITE.search(str(exc)):
+        # numpy's tofile (used by tifffile) reports a short write without an
+        # errno; on a local file system that means the device is full.
+        code = errno.ENOSPC
+        reason = f"{reason} (a short write)"
+    hint = {errno.ENOSPC: "the disk is full; free space or change data_directory",
+            errno.EDQUOT: "the disk quota is exceeded; free space or change data_directory",
+            errno.EACCES: "permission denied; choose a writable data_directory",
+            errno.EROFS: "the file system is read-only; change data_directory",
+            errno.ENOENT: "the directory does not exist; set data_directory again"}.get(
+                code, "check data_directory")
     return DataError(f"{what} '{path}' failed: {reason}; {hint}")
 
 

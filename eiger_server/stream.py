@@ -35,6 +35,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 import numpy as np
 
 from . import imageproc, paths
+from .hdf5raw import DEFAULT_IMAGES_PER_FILE, Hdf5RawWriter
 from .decoders import DecodeError
 from .errors import DataError, DetectorError, EigerError, ParameterError
 from .imageproc import ImageResult
@@ -54,6 +55,7 @@ _FALSE = {"0", "false", "no", "off", "disabled", "disable"}
 _META_KEYS = ("count_time", "frame_time", "photon_energy", "threshold_energy",
               "bit_depth_image", "nimages", "ntrigger", "trigger_mode", "compression")
 _META_KEYS_18 = ("threshold/1/energy", "threshold/2/energy")
+SAVE_MODES = ("TIFF", "HDF5RAW")
 
 
 def _one(args: Tuple[str, ...], what: str) -> str:
@@ -88,7 +90,7 @@ def _number(text: Any, what: str, integer: bool = False) -> float:
 class _Job:
     """One image on its way through the pipeline."""
 
-    __slots__ = ("event", "seq", "gen", "meta", "result", "failed", "done")
+    __slots__ = ("event", "seq", "gen", "meta", "result", "failed", "done", "skippable")
 
     def __init__(self, event: ImageMessage, seq: int, gen: int, meta: Dict[str, Any]) -> None:
         self.event: Optional[ImageMessage] = event
@@ -98,6 +100,9 @@ class _Job:
         self.result: Optional[ImageResult] = None
         self.failed = False
         self.done = threading.Event()
+        # True when nothing needs this image's pixels unless it is the newest:
+        # a worker finding newer images queued counts it without decoding.
+        self.skippable = False
 
 
 class StreamHandler:
@@ -117,6 +122,9 @@ class StreamHandler:
         self._closing = threading.Event()
         # settings
         self.autosave = False
+        self.save_mode = "TIFF"          # stream_save_mode: TIFF or HDF5RAW
+        self.images_per_file = DEFAULT_IMAGES_PER_FILE
+        self._raw_writer = Hdf5RawWriter()   # used on the saver thread only
         self.overwrite = False
         self.prefix = ""                 # stream_prefix; "" = the shared prefix
         self.autoindex = False
@@ -168,6 +176,8 @@ class StreamHandler:
 
     def prepare_series(self) -> None:
         """Before arm: make sure the receiver is connected when the stream is on."""
+        if self.save_mode == "HDF5RAW":
+            self._read_images_per_file()
         if self.enabled():
             self._ensure_receiver()
 
@@ -286,8 +296,10 @@ class StreamHandler:
             thread.join(timeout=2)
         self._threads = []
         if self._saver is not None:
+            self._saver.submit(self._close_raw)
             self._saver.close(timeout=5)
             self._saver = None
+        self._raw_writer.close()
 
     # -- for tests and the benchmark ------------------------------------------
     def wait_saved(self, timeout: float = 10.0) -> bool:
@@ -332,6 +344,29 @@ class StreamHandler:
         if self.enabled():
             self._ensure_receiver()
         return version
+
+    def get_save_mode(self) -> str:
+        return self.save_mode
+
+    def set_save_mode(self, *args: str) -> str:
+        mode = _one(args, "stream_save_mode").upper()
+        if mode not in SAVE_MODES:
+            raise ParameterError(f"stream_save_mode: '{mode}' is not one of "
+                                 f"{', '.join(SAVE_MODES)}")
+        if mode == "HDF5RAW":
+            self._read_images_per_file()
+        with self._lock:
+            self.save_mode = mode
+        return mode
+
+    def _read_images_per_file(self) -> None:
+        try:
+            value = int(self.ctrl.config_value("nimages_per_file", "filewriter") or 0)
+        except (EigerError, TypeError, ValueError) as exc:
+            log.debug("nimages_per_file unknown (%s); HDF5RAW uses %s", exc,
+                      self.images_per_file)
+            return
+        self.images_per_file = value if value > 0 else DEFAULT_IMAGES_PER_FILE
 
     def get_autosave(self) -> int:
         return int(self.autosave)
@@ -554,7 +589,8 @@ class StreamHandler:
                 self.decode_failures += 1
                 self._count_failure(self._gen)
         elif isinstance(event, SeriesEnd):
-            pass
+            if self.autosave and self.save_mode == "HDF5RAW":
+                self._submit_save(self._close_raw, 0, f"end of series {event.series}")
 
     def _dispatch(self, event: ImageMessage) -> None:
         with self._lock:
@@ -577,6 +613,14 @@ class StreamHandler:
                 meta["image_appendix"] = event.appendix
             job = _Job(event, self._seq, gen, meta)
             save_single = self.autosave and self._accumulator is None
+            save_raw = save_single and self.save_mode == "HDF5RAW"
+            if save_raw:
+                save_single = False
+                job.skippable = True
+                directory = self.ctrl.settings.data_directory
+                prefix = self._prefix_for(event.series)
+                overwrite = self.overwrite
+                per_file = self.images_per_file
             if save_single:
                 index = None
                 if self.autoindex:
@@ -595,6 +639,11 @@ class StreamHandler:
                 log.warning("frame %s of series %s not saved: saving is behind (queue of %s "
                             "images full); the disk is too slow", event.frame, event.series,
                             self.save_depth)
+        if save_raw:
+            base = tiff_name(directory, prefix, event.series)[:-len(".tif")]
+            self._submit_save(
+                lambda: self._save_raw(event, meta, base, per_file, overwrite),
+                event.nbytes, f"frame {event.frame} of series {event.series}")
         # Block while the workers are busy: back-pressure reaches zmq and the DCU.
         while not self._closing.is_set():
             try:
@@ -613,6 +662,9 @@ class StreamHandler:
             if job is None:
                 return
             try:
+                if job.skippable and not self._queue.empty():
+                    self._skip(job)
+                    continue
                 self._process(job)
             except Exception as exc:          # nothing may kill a worker
                 log.exception("processing an image failed")
@@ -663,6 +715,13 @@ class StreamHandler:
                 self._collected += 1
             if job.seq > self._latest_seq:
                 self._set_latest(result, job.seq)
+            self._cond.notify_all()
+
+    def _skip(self, job: _Job) -> None:
+        """Count an image whose pixels nobody needs (newer ones are queued)."""
+        with self._cond:
+            if job.gen == self._gen:
+                self._collected += 1
             self._cond.notify_all()
 
     def _finish_accumulation(self, gen: int, accumulator: imageproc.Accumulator,
@@ -733,6 +792,38 @@ class StreamHandler:
         return self._collected + self._failed_in_count >= self._expected
 
     # -- saver thread ------------------------------------------------------------
+    def _submit_save(self, job: Any, nbytes: int, what: str) -> None:
+        saver = self._saver
+        if saver is None or not saver.submit(job, nbytes):
+            if nbytes:
+                self.unsaved += 1
+            log.warning("%s not saved: saving is behind (queue of %s images full); the "
+                        "disk is too slow", what, self.save_depth)
+
+    def _save_raw(self, event: ImageMessage, meta: Dict[str, Any], base: str,
+                  per_file: int, overwrite: bool) -> None:
+        """(saver thread) Store one frame's compressed blobs in the HDF5RAW files."""
+        writer = self._raw_writer
+        if writer.series != event.series or writer.base != base:
+            nimages = meta.get("nimages")
+            try:
+                nimages = int(nimages) * max(1, int(meta.get("ntrigger") or 1)) \
+                    if nimages else None
+            except (TypeError, ValueError):
+                nimages = None
+            master = writer.start(base, event.series, nimages=nimages,
+                                  images_per_file=per_file, overwrite=overwrite,
+                                  metadata=meta)
+            self.latest_file = master
+        try:
+            writer.write(event.frame, event.channels)
+        except DataError:
+            self.unsaved += 1
+            raise
+
+    def _close_raw(self) -> None:
+        self._raw_writer.close()
+
     def _save_job(self, job: _Job, directory: str, prefix: str, index: Optional[int],
                   overwrite: bool) -> None:
         while not job.done.wait(0.5):
@@ -744,12 +835,16 @@ class StreamHandler:
         channels = result.channels
         multi = len(channels) > 1
         first_path = ""
-        for channel, array in channels.items():
-            path = tiff_name(directory, prefix, result.series, index,
-                             channel if multi else None)
-            meta = dict(result.metadata, channel=channel)
-            written = save_tiff(path, array, meta, overwrite=overwrite)
-            first_path = first_path or written
+        try:
+            for channel, array in channels.items():
+                path = tiff_name(directory, prefix, result.series, index,
+                                 channel if multi else None)
+                meta = dict(result.metadata, channel=channel)
+                written = save_tiff(path, array, meta, overwrite=overwrite)
+                first_path = first_path or written
+        except Exception:
+            self.unsaved += 1               # lost for good (disk full, ...): counts as dropped
+            raise
         self.latest_file = first_path
 
     # -- names and metadata ------------------------------------------------------

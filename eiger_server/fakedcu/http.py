@@ -18,15 +18,17 @@ wrong. The fault switches of ``model.faults`` apply to every route except
 """
 from __future__ import annotations
 
+import collections
 import html
 import json
 import logging
 import os
 import shutil
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, List, Optional, Tuple
+from typing import Any, Deque, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 from .model import FakeDCU, FakeDCUError
@@ -77,6 +79,8 @@ class DCURequestHandler(BaseHTTPRequestHandler):
         self.send_response(status)
         if body or status not in (204, 304):
             self.send_header("Content-Type", ctype)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if body and not head_only and self.command != "HEAD":
@@ -89,7 +93,16 @@ class DCURequestHandler(BaseHTTPRequestHandler):
     def _send_text(self, status: int, text: str) -> None:
         self._send(status, (text.rstrip("\n") + "\n").encode("utf-8"))
 
+    def _body_left_unread(self) -> bool:
+        """True when the request carried a body that was not read (an answer
+        given before it, e.g. by a fault switch)."""
+        if getattr(self, "_body_read", True):
+            return False
+        length = self.headers.get("Content-Length")
+        return bool(length) and length.strip() not in ("", "0")
+
     def _read_body(self) -> Optional[Any]:
+        self._body_read = True
         length = self.headers.get("Content-Length")
         if not length:
             return None
@@ -122,7 +135,17 @@ class DCURequestHandler(BaseHTTPRequestHandler):
         if text is not None:
             raise FakeDCUError(500, text)
 
+    def send_response(self, code: int, message: Optional[str] = None) -> None:
+        entry = getattr(self, "_log_entry", None)
+        if entry is not None:
+            entry[2] = code
+        super().send_response(code, message)
+
     def _dispatch(self, method: str) -> None:
+        # Every request is recorded, so tests can check what a client asked for.
+        self._log_entry = [method, self.path, None]
+        self.server.request_log.append(self._log_entry)
+        self._body_read = False
         try:
             parts = self._parts()
             if parts and parts[0] == "fake":
@@ -133,11 +156,17 @@ class DCURequestHandler(BaseHTTPRequestHandler):
             log.debug("dropping the connection for %s %s (fault switch)", method, self.path)
             self.close_connection = True
         except FakeDCUError as exc:
+            if self._body_left_unread():
+                # The unread body would be taken for the next request on this
+                # keep-alive connection: answer, then close it.
+                self.close_connection = True
             self._send_text(exc.status, exc.text)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as exc:  # never let a request kill the server thread
             log.exception("%s %s failed", method, self.path)
+            if self._body_left_unread():
+                self.close_connection = True
             try:
                 self._send_text(500, f"internal error of the fake DCU handling {method} "
                                      f"{self.path}: {exc!r}")
@@ -321,7 +350,11 @@ def _key_text(exc: BaseException) -> str:
 
 
 class FakeDCUHTTPServer(ThreadingHTTPServer):
-    """The REST server of one :class:`FakeDCU`; ``port`` is the bound port."""
+    """The REST server of one :class:`FakeDCU`; ``port`` is the bound port.
+
+    ``request_log`` holds the latest requests as ``[method, raw path, status]``
+    (status None when the connection was dropped without an answer).
+    """
 
     daemon_threads = True
     allow_reuse_address = True
@@ -329,6 +362,9 @@ class FakeDCUHTTPServer(ThreadingHTTPServer):
 
     def __init__(self, model: FakeDCU, host: str = "127.0.0.1", port: int = 0):
         self.model = model
+        self.request_log: Deque[List[Any]] = collections.deque(maxlen=100_000)
+        self._open: set = set()          # accepted connections, closed at close()
+        self._open_lock = threading.Lock()
         super().__init__((host, port), DCURequestHandler)
         self.host = host
         self.port: int = self.server_address[1]
@@ -345,13 +381,31 @@ class FakeDCUHTTPServer(ThreadingHTTPServer):
                                             kwargs={"poll_interval": 0.1}, daemon=True)
             self._thread.start()
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
     def close(self) -> None:
-        """Stop serving and close the listening socket."""
+        """Stop serving, close the listening socket and every open connection
+        (as a DCU that goes down does: kept-alive clients see the connection end)."""
         if self._thread is not None:
             self.shutdown()
             self._thread.join(timeout=5)
             self._thread = None
         self.server_close()
+        with self._open_lock:
+            connections, self._open = list(self._open), set()
+        for sock in connections:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("connection from %s ended with an error", client_address, exc_info=True)
