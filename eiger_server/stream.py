@@ -112,11 +112,13 @@ class StreamHandler:
         self.ctrl = ctrl
         options = ctrl.options
         self.workers = max(1, int(getattr(options, "stream_workers", 2) or 2))
-        self.queue_depth = max(1, int(getattr(options, "queue_depth", None)
-                                      or getattr(options, "stream_queue", None) or 16))
-        self.save_depth = max(1, int(getattr(options, "save_queue", 64) or 64))
-        self.save_bytes = int(getattr(options, "save_queue_bytes", 1 << 30) or (1 << 30))
-        self.rcvhwm = max(1, int(getattr(options, "stream_rcvhwm", 64) or 64))
+        # --queue-depth bounds every frame buffer of the stream path: ZeroMQ's
+        # receive buffer, the decode queue and the save queue (plus 1 GiB of
+        # pending saves at most), so memory stays bounded whatever the disk does.
+        self.queue_depth = max(1, int(getattr(options, "queue_depth", None) or 64))
+        self.save_depth = self.queue_depth
+        self.save_bytes = 1 << 30
+        self.rcvhwm = self.queue_depth
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._closing = threading.Event()
@@ -621,6 +623,11 @@ class StreamHandler:
                 prefix = self._prefix_for(event.series)
                 overwrite = self.overwrite
                 per_file = self.images_per_file
+            # Without TIFF saving or accumulation only the latest image's pixels
+            # matter (sum, maxval, ROIs and read look at it alone): an older
+            # image may be counted without decoding when newer ones wait.
+            if not save_single and self._accumulator is None:
+                job.skippable = True
             if save_single:
                 index = None
                 if self.autoindex:

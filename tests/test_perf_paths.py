@@ -182,7 +182,7 @@ def test_stream_handler_hdf5raw_save_mode_drops_and_counts_when_saving_is_behind
     from eiger_server.stream import StreamHandler
     from eiger_server.streamevents import ImageMessage
 
-    ctrl = SimpleNamespace(options=SimpleNamespace(save_queue=2, stream_workers=1),
+    ctrl = SimpleNamespace(options=SimpleNamespace(queue_depth=2, stream_workers=1),
                            settings=SimpleNamespace(data_directory=str(tmp_path), prefix="s$id"),
                            config_value=lambda *a, **k: 5)
     handler = StreamHandler(ctrl)
