@@ -56,6 +56,7 @@ import numpy as np  # noqa: E402
 
 from eiger_server import decoders, imageproc  # noqa: E402
 from eiger_server.fakedcu.params import MODELS  # noqa: E402
+from eiger_server.tiffsave import save_tiff  # noqa: E402
 
 ALL_MODES = ("null", "sum", "roi", "tiff", "hdf5-raw")
 CORES = os.cpu_count() or 1
@@ -280,7 +281,6 @@ class Sink:
 
     # -- worker threads ----------------------------------------------------
     def _work(self) -> None:
-        from eiger_server.tiffsave import save_tiff
         while True:
             event = self.queue.get()
             if event is None:
@@ -288,28 +288,26 @@ class Sink:
             self._handle(event)
 
     def _handle(self, event: Any) -> None:
-        from eiger_server.tiffsave import save_tiff
-        if True:
-            try:
-                enc = event.channels["threshold_1"]
-                nbytes = 0
-                if self.mode == "roi":
-                    for r0, r1, c0, c1 in rois_for(*enc.shape):
-                        rows = decoders.decode_rows(enc, r0, r1)
-                        nbytes += rows.nbytes
-                        imageproc.masked_sum(rows[:, c0:c1 + 1])
-                else:
-                    image = enc.decode()
-                    nbytes = image.nbytes
-                    imageproc.masked_stats(image)
-                    if self.mode == "tiff":
-                        save_tiff(os.path.join(self.outdir, f"frame_{event.frame % 32:02d}.tif"),
-                                  image, {"frame": event.frame}, overwrite=True)
-                self._done(nbytes)
-            except Exception as exc:               # a benchmark must report, not die
-                with self._count_lock:
-                    self.failed += 1
-                print(f"bench: frame {event.frame} failed: {exc}", file=sys.stderr)
+        try:
+            enc = event.channels["threshold_1"]
+            nbytes = 0
+            if self.mode == "roi":
+                for r0, r1, c0, c1 in rois_for(*enc.shape):
+                    rows = decoders.decode_rows(enc, r0, r1)
+                    nbytes += rows.nbytes
+                    imageproc.masked_sum(rows[:, c0:c1 + 1])
+            else:
+                image = enc.decode()
+                nbytes = image.nbytes
+                imageproc.masked_stats(image)
+                if self.mode == "tiff":
+                    save_tiff(os.path.join(self.outdir, f"frame_{event.frame % 32:02d}.tif"),
+                              image, {"frame": event.frame}, overwrite=True)
+            self._done(nbytes)
+        except Exception as exc:               # a benchmark must report, not die
+            with self._count_lock:
+                self.failed += 1
+            print(f"bench: frame {event.frame} failed: {exc}", file=sys.stderr)
 
     def wait(self, expected: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -9,7 +9,6 @@ wire until the transfer ends. Prints p50 / p99 / max and the transfer rate.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import subprocess
 import sys

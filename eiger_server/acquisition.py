@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any, Optional, Sequence
 
-from .controller import format_value, one_arg, parse_number
+from .values import format_value, one_arg, parse_number
 from .errors import DetectorError, EigerError, ParameterError
 
 log = logging.getLogger(__name__)

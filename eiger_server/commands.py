@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
-from .controller import EigerController, format_value, parse_number
+from .controller import EigerController
+from .values import format_value, parse_number
 from .errors import DataError, EigerError, ParameterError
 from .protocol import Reply, Request
 

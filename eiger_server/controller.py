@@ -11,7 +11,6 @@ only when they change; local rows call a component method by convention:
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import math
 import os
@@ -20,72 +19,14 @@ import sys
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-
 from . import __version__, params
-from .errors import DetectorError, EigerError, NotSupported, ParameterError, UnknownParameter
+from .errors import DetectorError, NotSupported, ParameterError, UnknownParameter
 from .params import Param
 from .simplon import SimplonClient, version_tuple
+from .values import format_value, one_arg, parse_bool, parse_number
+from .protocol import wire_type_for
 
 log = logging.getLogger(__name__)
-
-TRUE_WORDS = {"1", "true", "yes", "on", "enabled", "enable"}
-FALSE_WORDS = {"0", "false", "no", "off", "disabled", "disable"}
-
-
-# -- text <-> values ----------------------------------------------------
-def format_value(value: Any) -> str:
-    """A value as spec wants it: plain decimal numbers, 1/0, space-separated lists."""
-    if value is None:
-        return ""
-    if isinstance(value, (bool, np.bool_)):
-        return "1" if value else "0"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        if math.isnan(value) or math.isinf(value):
-            return str(value)
-        if value == int(value) and abs(value) < 1e15:
-            return str(int(value))
-        return np.format_float_positional(value, trim="-")
-    if isinstance(value, (list, tuple)):
-        if any(isinstance(item, (list, tuple, dict)) for item in value):
-            return json.dumps(value)
-        return " ".join(format_value(item) for item in value)
-    if isinstance(value, dict):
-        return json.dumps(value)
-    return str(value)
-
-
-def parse_bool(text: str, what: str) -> bool:
-    word = str(text).strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise ParameterError(f"{what}: '{text}' is not a yes/no value; use 1 or 0")
-
-
-def parse_number(text: str, what: str, integer: bool = False) -> float:
-    try:
-        number = float(text)
-    except (TypeError, ValueError):
-        raise ParameterError(f"{what}: '{text}' is not a number") from None
-    if math.isnan(number) or math.isinf(number):
-        raise ParameterError(f"{what}: '{text}' is not a finite number")
-    if integer:
-        if number != int(number):
-            raise ParameterError(f"{what}: '{text}' is not a whole number")
-        return int(number)
-    return number
-
-
-def one_arg(args: Sequence[str], what: str) -> str:
-    if not args:
-        raise ParameterError(f"{what} needs a value")
-    return " ".join(args)
-
 
 # -- the value cache ----------------------------------------------------
 class ValueCache:
@@ -419,12 +360,7 @@ class EigerController:
         height = int(self.config_value("y_pixels_in_detector"))
         if getattr(self.options, "rotation", 0) in (90, 270):
             width, height = height, width
-        return TYPE_NAMES[np.dtype(dtype).str[1:]], height, width
-
-
-TYPE_NAMES = {"u1": "ubyte", "u2": "ushort", "u4": "ulong", "u8": "ulong64",
-              "i1": "byte", "i2": "short", "i4": "long", "i8": "long64",
-              "f4": "float", "f8": "double"}
+        return wire_type_for(dtype).name, height, width
 
 
 def _same(a: Any, b: Any) -> bool:

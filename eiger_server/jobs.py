@@ -12,6 +12,7 @@ import threading
 from typing import Any, Callable, Optional
 
 from .errors import Busy, EigerError
+from .values import format_value
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,6 @@ class JobRunner:
         thread.start()
 
     def _run(self, name: str, fn: Callable[[], Any]) -> None:
-        from .controller import format_value      # controller imports us: import late
         try:
             result = fn()
             answer = format_value(result)

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
+from .values import format_value
+
 log = logging.getLogger(__name__)
 
 #: Longest request line accepted by default; longer lines are dropped.
@@ -104,31 +106,6 @@ class Payload:
 
 
 Event = Union[Request, Payload]
-
-
-def format_value(value: Any) -> str:
-    """A Python value as spec expects it: booleans 1/0, None empty,
-    sequences space-separated, numbers in plain decimal."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, (list, tuple)):
-        return " ".join(format_value(v) for v in value)
-    if isinstance(value, float):
-        # repr gives the shortest exact form; spec parses plain decimal or
-        # exponent notation alike, but integral floats read better without ".0".
-        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
-    try:  # numpy scalars and other number-likes
-        import numpy as np
-
-        if isinstance(value, np.bool_):
-            return "1" if value else "0"
-        if isinstance(value, np.generic):
-            return format_value(value.item())
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        pass
-    return str(value)
 
 
 def format_bool(value: Any) -> str:

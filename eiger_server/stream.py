@@ -38,6 +38,8 @@ from . import imageproc, paths
 from .hdf5raw import DEFAULT_IMAGES_PER_FILE, Hdf5RawWriter
 from .decoders import DecodeError
 from .errors import DataError, DetectorError, EigerError, ParameterError
+from .protocol import wire_type_for
+from .values import flag_arg, one_arg, parse_number
 from .imageproc import ImageResult
 from .receiver import StreamReceiver
 from .streamevents import ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent
@@ -45,46 +47,12 @@ from .tiffsave import TiffSaver, save_tiff, tiff_name, with_suffix
 
 log = logging.getLogger(__name__)
 
-TYPE_NAMES = {"u1": "ubyte", "u2": "ushort", "u4": "ulong", "u8": "ulong64",
-              "i1": "byte", "i2": "short", "i4": "long", "i8": "long64",
-              "f4": "float", "f8": "double"}
 _BIT_DEPTH_DTYPES = {8: np.uint8, 16: np.uint16, 32: np.uint32}
-_TRUE = {"1", "true", "yes", "on", "enabled", "enable"}
-_FALSE = {"0", "false", "no", "off", "disabled", "disable"}
 # Detector values copied into the metadata of every saved image.
 _META_KEYS = ("count_time", "frame_time", "photon_energy", "threshold_energy",
               "bit_depth_image", "nimages", "ntrigger", "trigger_mode", "compression")
 _META_KEYS_18 = ("threshold/1/energy", "threshold/2/energy")
 SAVE_MODES = ("TIFF", "HDF5RAW")
-
-
-def _one(args: Tuple[str, ...], what: str) -> str:
-    if not args:
-        raise ParameterError(f"{what} needs a value")
-    return " ".join(str(a) for a in args).strip()
-
-
-def _flag(args: Tuple[str, ...], what: str) -> bool:
-    word = _one(args, what).lower()
-    if word in _TRUE:
-        return True
-    if word in _FALSE:
-        return False
-    raise ParameterError(f"{what}: '{word}' is not a yes/no value; use 1 or 0")
-
-
-def _number(text: Any, what: str, integer: bool = False) -> float:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise ParameterError(f"{what}: '{text}' is not a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ParameterError(f"{what}: '{text}' is not a finite number")
-    if integer:
-        if value != int(value):
-            raise ParameterError(f"{what}: '{text}' is not a whole number")
-        return int(value)
-    return value
 
 
 class _Job:
@@ -266,7 +234,7 @@ class StreamHandler:
             if bounds is None:
                 raise DataError("Unknown ROI")
         elif len(args) == 4:
-            bounds = tuple(int(_number(a, "get_roi", integer=True)) for a in args)
+            bounds = tuple(int(parse_number(a, "get_roi", integer=True)) for a in args)
         else:
             raise ParameterError("get_roi needs a ROI name or row_beg row_end col_beg col_end")
         return self._stat("roi", bounds)
@@ -281,7 +249,7 @@ class StreamHandler:
         part = latest.data[rows, cols]
         dtype = part.dtype.newbyteorder("<") if part.dtype.itemsize > 1 else part.dtype
         data = np.ascontiguousarray(part, dtype=dtype).tobytes()
-        return TYPE_NAMES[np.dtype(part.dtype).str[1:]], int(part.size), data
+        return wire_type_for(part.dtype).name, int(part.size), data
 
     def close(self) -> None:
         """Stop the receiver, the workers and the saver."""
@@ -320,7 +288,7 @@ class StreamHandler:
         return 1 if self.enabled() else 0
 
     def set_mode(self, *args: str) -> int:
-        on = _flag(args, "stream_mode")
+        on = flag_arg(args, "stream_mode")
         self.ctrl.write_config("stream", "mode", "enabled" if on else "disabled")
         if on:
             self._ensure_receiver()
@@ -332,7 +300,7 @@ class StreamHandler:
         return self._stream_version()
 
     def set_version(self, *args: str) -> str:
-        version = _one(args, "stream_version").upper()
+        version = one_arg(args, "stream_version").upper()
         if version in ("1", "2"):
             version = "V" + version
         if version not in ("V1", "V2"):
@@ -351,7 +319,7 @@ class StreamHandler:
         return self.save_mode
 
     def set_save_mode(self, *args: str) -> str:
-        mode = _one(args, "stream_save_mode").upper()
+        mode = one_arg(args, "stream_save_mode").upper()
         if mode not in SAVE_MODES:
             raise ParameterError(f"stream_save_mode: '{mode}' is not one of "
                                  f"{', '.join(SAVE_MODES)}")
@@ -374,7 +342,7 @@ class StreamHandler:
         return int(self.autosave)
 
     def set_autosave(self, *args: str) -> int:
-        self.autosave = _flag(args, "stream_autosave")
+        self.autosave = flag_arg(args, "stream_autosave")
         return int(self.autosave)
 
     def get_latest_file(self) -> str:
@@ -384,7 +352,7 @@ class StreamHandler:
         return int(self.overwrite)
 
     def set_overwrite_images(self, *args: str) -> int:
-        self.overwrite = _flag(args, "overwrite_images")
+        self.overwrite = flag_arg(args, "overwrite_images")
         return int(self.overwrite)
 
     def get_prefix(self) -> str:
@@ -404,14 +372,14 @@ class StreamHandler:
         return int(self.autoindex)
 
     def set_autoindex(self, *args: str) -> int:
-        self.autoindex = _flag(args, "stream_autoindex")
+        self.autoindex = flag_arg(args, "stream_autoindex")
         return int(self.autoindex)
 
     def get_low_filter(self) -> float:
         return self.low_filter
 
     def set_low_filter(self, *args: str) -> float:
-        value = _number(_one(args, "low_filter"), "low_filter")
+        value = parse_number(one_arg(args, "low_filter"), "low_filter")
         if value < 0:
             raise ParameterError("low_filter must be 0 (off) or positive")
         self.low_filter = value
@@ -421,7 +389,7 @@ class StreamHandler:
         return self.high_filter
 
     def set_high_filter(self, *args: str) -> float:
-        value = _number(_one(args, "high_filter"), "high_filter")
+        value = parse_number(one_arg(args, "high_filter"), "high_filter")
         if value < 0:
             raise ParameterError("high_filter must be 0 (off) or positive")
         self.high_filter = value
@@ -476,7 +444,7 @@ class StreamHandler:
     def get_roisum(self, *args: str) -> Any:
         if len(args) != 4:
             raise ParameterError("roisum needs row_beg col_beg row_end col_end")
-        r0, c0, r1, c1 = (int(_number(a, "roisum", integer=True)) for a in args)
+        r0, c0, r1, c1 = (int(parse_number(a, "roisum", integer=True)) for a in args)
         return self._stat("roi", (r0, r1, c0, c1))
 
     def get_roival(self) -> List[Any]:

@@ -29,6 +29,16 @@ def fake_dcu(api, tmp_path):
     app.stop()
 
 
+@pytest.fixture
+def dcu(tmp_path):
+    """A started fake DCU, SIMPLON 1.8.0, 500K, for tests that need only one API."""
+    from eiger_server.fakedcu.app import FakeDCUApp
+    app = FakeDCUApp(api="1.8.0", model="500K", data_dir=tmp_path / "dcu")
+    app.start()
+    yield app
+    app.stop()
+
+
 def controller_options(app, **overrides) -> SimpleNamespace:
     options = SimpleNamespace(dcu_host="127.0.0.1", dcu_port=app.http_port, simplon_version=None,
                               http_timeout=5.0, rotation=0, flipv=False, fliph=False,

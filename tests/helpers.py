@@ -1,7 +1,6 @@
 """Test helpers: free ports, the eiger_server process, waiting."""
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -84,3 +83,19 @@ def server_args_for(app) -> List[str]:
     """Options pointing eiger_server at an in-process FakeDCUApp."""
     return ["-a", "127.0.0.1", "-P", str(app.http_port), "--stream-port", str(app.stream_port),
             "--stream2-port", str(app.stream2_port)]
+
+
+def acquire(ctrl, nimages: int) -> int:
+    """One series of ``nimages`` fast images through an in-process controller;
+    returns its series id once the series is over."""
+    ctrl.set("nimages", [str(nimages)])
+    ctrl.set("ntrigger", ["1"])
+    ctrl.set("trigger_mode", ["ints"])
+    ctrl.set("count_time", ["0.001"])
+    ctrl.set("frame_time", ["0.002"])
+    seqid = int(ctrl.set("arm"))
+    ctrl.set("trigger")
+    wait_for(lambda: not ctrl.acq.counting() and ctrl.get("state") in ("ready", "idle"), 20,
+             what="the series")
+    ctrl.set("disarm")
+    return seqid

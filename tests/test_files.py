@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from conftest import controller_options
-from helpers import ServerProcess, wait_for
+from helpers import ServerProcess, acquire, wait_for
 from eiger_server.controller import EigerController
 from eiger_server.errors import Busy, DataError
 from eiger_server.fakedcu.app import FakeDCUApp
@@ -41,16 +41,7 @@ def writer_acquisition(ctrl, nimages: int = 25, per_file: int = 10,
     ctrl.set("prefix", [prefix])
     ctrl.set("writer_mode", ["1"])
     ctrl.set("nimages_per_file", [str(per_file)])
-    ctrl.set("nimages", [str(nimages)])
-    ctrl.set("ntrigger", ["1"])
-    ctrl.set("trigger_mode", ["ints"])
-    ctrl.set("count_time", ["0.001"])
-    ctrl.set("frame_time", ["0.002"])
-    seqid = int(ctrl.set("arm"))
-    ctrl.set("trigger")
-    wait_for(lambda: not ctrl.acq.counting() and ctrl.get("state") in ("ready", "idle"), 20,
-             what="the series to be acquired")
-    ctrl.set("disarm")
+    seqid = acquire(ctrl, nimages)
     nfiles = 1 + ((nimages + per_file - 1) // per_file if per_file else 0)
     base = prefix.replace("$id", str(seqid))
     wait_for(lambda: len([n for n in ctrl.files.get_files() if n.startswith(base + "_")])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from helpers import wait_for
+from helpers import acquire, wait_for
 from eiger_server.darray import decode_darray
 from eiger_server.errors import DataError, NotSupported, ParameterError
 
@@ -16,21 +16,6 @@ from eiger_server.errors import DataError, NotSupported, ParameterError
 def wait_job(ctrl, timeout: float = 30.0) -> str:
     wait_for(lambda: ctrl.get("cmd_executing") == "0", timeout, what="the background command")
     return ctrl.get("get_answer")
-
-
-def acquire(ctrl, nimages: int) -> int:
-    """One series of ``nimages`` fast images; its series id."""
-    ctrl.set("nimages", [str(nimages)])
-    ctrl.set("ntrigger", ["1"])
-    ctrl.set("trigger_mode", ["ints"])
-    ctrl.set("count_time", ["0.001"])
-    ctrl.set("frame_time", ["0.002"])
-    seqid = int(ctrl.set("arm"))
-    ctrl.set("trigger")
-    wait_for(lambda: not ctrl.acq.counting() and ctrl.get("state") in ("ready", "idle"), 20,
-             what="the series")
-    ctrl.set("disarm")
-    return seqid
 
 
 def source_frame(app, index: int, channels=("threshold_1",), channel="threshold_1"):

@@ -62,14 +62,6 @@ def frame(app: FakeDCUApp, index: int, dtype=np.uint16) -> np.ndarray:
 
 
 @pytest.fixture
-def dcu(tmp_path):
-    app = FakeDCUApp(api="1.8.0", model="500K", data_dir=tmp_path / "dcu")
-    app.start()
-    yield app
-    app.stop()
-
-
-@pytest.fixture
 def server(dcu, tmp_path):
     proc = ServerProcess(server_args_for(dcu) + ["--timeout", TIMEOUT], tmp_path)
     yield proc

@@ -55,14 +55,6 @@ def listing(directory: Path) -> List[str]:
 
 
 @pytest.fixture
-def dcu(tmp_path):
-    app = FakeDCUApp(api="1.8.0", model="500K", data_dir=tmp_path / "dcu")
-    app.start()
-    yield app
-    app.stop()
-
-
-@pytest.fixture
 def client(dcu, tmp_path):
     server = ServerProcess(server_args_for(dcu), tmp_path)
     try:

@@ -18,14 +18,6 @@ from helpers import ROOT, ServerProcess, hello_ok, server_args_for, wait_for
 from test_files import Proxy, make_big_h5
 
 
-@pytest.fixture
-def dcu(tmp_path):
-    app = FakeDCUApp(api="1.8.0", model="500K", data_dir=tmp_path / "dcu")
-    app.start()
-    yield app
-    app.stop()
-
-
 def test_kill_9_leaves_a_stale_lock_that_the_next_start_cleans(dcu, tmp_path):
     first = ServerProcess(server_args_for(dcu), tmp_path)
     port, lock = first.port, first.lock

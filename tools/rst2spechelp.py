@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import docutils.core
