@@ -122,6 +122,8 @@ def _source_main(conn: Any, model: str, bits: int, version: str, data_dir: str) 
             conn.send({"sent": adapter.frames_sent - sent0,
                        "dropped": adapter.status()["dropped"] - dropped0,
                        "cpu": time.process_time() - cpu0, "wall": t1 - t0})
+    except (BrokenPipeError, EOFError):
+        pass                                # the benchmark has gone: just stop
     finally:
         app.stop()
 
