@@ -39,6 +39,8 @@ class Acquisition:
         self.acc_maxtime = 0.0
         self.acc_nimages = 0
         self.last_acc_n = 1
+        self.preset: Optional[float] = None
+        self._single_nimages: Optional[int] = None
         self._count: Optional[threading.Thread] = None
         self._count_error: Optional[BaseException] = None
         self._halt = threading.Event()
@@ -220,7 +222,21 @@ class Acquisition:
         except (TypeError, ValueError):
             return 1
 
-    def _count_once(self, preset: float) -> None:
+    def get_preset(self) -> Any:
+        return self.preset if self.preset is not None else ""
+
+    def set_preset(self, *args: str) -> float:
+        """Program the detector for counts of ``preset`` seconds without counting,
+        so that a scan can arm once before its first point."""
+        preset = parse_number(one_arg(args, "preset"), "preset")
+        if preset <= 0:
+            raise ParameterError(f"preset: {preset} must be a positive time in seconds")
+        self._program(preset)
+        return preset
+
+    def _program(self, preset: float) -> tuple:
+        """count_time/frame_time (and nimages in ACCUM) for a count of ``preset``;
+        returns (images per count, exposure per image, accumulate)."""
         ctrl = self.ctrl
         n, exposure = self.plan(preset)
         accumulate = self.acq_mode == "ACCUM"
@@ -228,9 +244,19 @@ class Acquisition:
             # Program only what changed; the cache answers without a round trip.
             self.program_exposure(exposure)
             if accumulate:
+                # ACCUM borrows nimages; the user's value comes back in SINGLE.
+                if self._single_nimages is None:
+                    self._single_nimages = self._images_per_trigger()
                 ctrl.write_config("detector", "nimages", n)
                 self.last_acc_n = n
-        nimages = n if accumulate else self._images_per_trigger()
+            elif self._single_nimages is not None:
+                ctrl.write_config("detector", "nimages", self._single_nimages)
+                self._single_nimages = None
+            self.preset = preset
+        return (n if accumulate else self._images_per_trigger()), exposure, accumulate
+
+    def _count_once(self, preset: float) -> None:
+        nimages, exposure, accumulate = self._program(preset)
         self._trigger_once(exposure, nimages, accumulate)
 
     def _count_broke(self, exc: DetectorError, nimages: int) -> DetectorError:
@@ -248,6 +274,11 @@ class Acquisition:
         with self._lock:
             if not self.armed or self.dirty or self.triggers_left <= 0:
                 self._arm()
+            if self._halt.is_set():
+                # halted while arming (seconds on real hardware): no exposure
+                self.armed = False
+                log.info("count halted before its trigger")
+                return
             mode = str(ctrl.config_value("trigger_mode"))
             ctrl.stream.begin_count(nimages, accumulate)
             started = time.monotonic()

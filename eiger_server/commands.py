@@ -6,14 +6,13 @@ exception becomes an error reply ``<command>. error: <message>``.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from typing import Callable, Dict, List
 
 from .controller import EigerController
 from .values import format_value, parse_number
 from .errors import DataError, EigerError, ParameterError
 from .protocol import Reply, Request
+from .simplon import check_host
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +22,9 @@ class CommandHandler:
 
     def __init__(self, ctrl: EigerController) -> None:
         self.ctrl = ctrl
-        self._written = bytearray()
+        # "hello" never reaches here: the server's I/O loop answers it at once.
         self._commands: Dict[str, Callable[[List[str]], Reply]] = {
-            "hello": self._hello, "config": self._config, "exit": self._exit,
+            "config": self._config, "exit": self._exit,
             "clear": self._ok, "goodbye": self._ok, "run": self._run, "halt": self._halt,
             "get_status": self._get_status, "set": self._set, "get": self._get,
             "read": self._read, "write": self._write, "xfer_done": self._ok,
@@ -48,23 +47,19 @@ class CommandHandler:
         return reply
 
     def receive_payload(self, data: bytes) -> None:
-        """Raw data of a ``write``; kept as the last array spec sent."""
-        self._written = bytearray(data)
-        log.log(15, "received %d bytes from spec", len(data))
+        """Raw data of a ``write``: read off the wire as the protocol requires.
+        The EIGER has no use for data from spec, so it is not kept."""
+        log.log(15, "received %d bytes from spec (not used)", len(data))
 
     # -- commands -------------------------------------------------------------
     @staticmethod
     def _ok(args: List[str]) -> Reply:
         return Reply(text="ok")
 
-    def _hello(self, args: List[str]) -> Reply:
-        return Reply(text=f"hello back V2 {socket.gethostname()} {os.getpid()} "
-                          f"{self.describe()}")
-
     def _config(self, args: List[str]) -> Reply:
         if args and not self.ctrl.simplon.host:
             # Started without -a: take the detector address from spec's ADDR field.
-            self.ctrl.simplon.host = args[0]
+            self.ctrl.simplon.host = check_host(args[0])
         # A DCU fresh from boot is in state "na" and refuses to arm until it
         # is initialized; do it now, while spec is configuring anyway.
         if self.ctrl.simplon.get_value("detector", "status", "state") == "na":

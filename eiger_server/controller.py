@@ -65,15 +65,20 @@ class Settings:
     def __init__(self, ctrl: "EigerController") -> None:
         self.ctrl = ctrl
         self._lock = threading.Lock()
-        self.data_directory = os.path.abspath(os.getcwd() if os.access(os.getcwd(), os.W_OK)
-                                              else "/tmp")
+        # A daemon runs in "/": an explicit, writable default until spec sets one.
+        self.data_directory = "/tmp"
         self.prefix = "eiger_$id"
 
     def get_data_directory(self) -> str:
         return self.data_directory
 
     def set_data_directory(self, *args: str) -> str:
-        path = os.path.abspath(os.path.expanduser(one_arg(args, "data_directory")))
+        path = os.path.expanduser(one_arg(args, "data_directory"))
+        if not os.path.isabs(path):
+            # Relative to what? The server may be a daemon running in "/".
+            raise ParameterError(f"data_directory: '{path}' is not an absolute path; give "
+                                 "the full path (e.g. from spec's DATA_DIR)")
+        path = os.path.normpath(path)
         if os.path.exists(path) and not os.path.isdir(path):
             raise ParameterError(f"data_directory: '{path}' exists and is not a directory")
         try:
@@ -101,10 +106,6 @@ class Settings:
         with self._lock:
             self.prefix = prefix
         return prefix
-
-    def tiff_prefix(self, series: Optional[int] = None) -> str:
-        """The prefix with $id replaced, for file names made here."""
-        return self.prefix.replace("$id", str(series if series is not None else 0))
 
 
 class ServerInfo:
@@ -226,7 +227,8 @@ class EigerController:
             return self._passthrough(name, args, write)
         if row.unsupported:
             raise NotSupported(f"'{name}': {row.unsupported}")
-        if not row.available_in(self.version):
+        # Rows of every version need no version (the DCU may not be reachable).
+        if row.versions != "ALL" and not row.available_in(self.version):
             raise ParameterError(
                 f"'{name}' needs {row.version_text()}, but the detector runs SIMPLON "
                 f"{self.version}")

@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import unquote
 
 from . import paths
-from .controller import one_arg, parse_bool
+from .values import one_arg, parse_bool
 from .errors import DataError, DetectorError, ParameterError
 
 log = logging.getLogger(__name__)
@@ -49,23 +49,35 @@ CHUNK = 1 << 20
 # than a file in data_directory, so it is refused.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9._\-]*\Z")
 _SAFE_PATTERN = re.compile(r"[A-Za-z0-9._\-*?\[\]!]+\Z")
+_SAFE_NAME_CHARS = "._-"
+_SAFE_PATTERN_CHARS = "._-*?[]!"
 _HREF = re.compile(r"""href=["']([^"'?#]+)["']""", re.IGNORECASE)
 
 
 def check_name(name: str) -> str:
     """``name`` if it is a plain DCU file name, else DataError."""
     if not _SAFE_NAME.match(name or "") or ".." in name:
-        raise DataError(f"file name '{name}' is refused: DCU file names are plain names "
-                        "of letters, digits, '.', '_' and '-' (no '/', no '..')")
+        raise DataError(f"file name '{name}' is refused{_why(name, _SAFE_NAME_CHARS)}: DCU "
+                        "file names are plain names of letters, digits, '.', '_' and '-' "
+                        "(no '/', no '..')")
     return name
 
 
 def check_pattern(pattern: str) -> str:
     """``pattern`` if it is a shell-style pattern over plain file names."""
     if not _SAFE_PATTERN.match(pattern or "") or ".." in pattern or pattern.startswith("."):
-        raise DataError(f"file pattern '{pattern}' is refused: use a file name or a "
-                        "shell pattern such as 'eiger_12_*' (no '/', no '..')")
+        raise DataError(f"file pattern '{pattern}' is refused{_why(pattern, _SAFE_PATTERN_CHARS)}"
+                        ": use a file name or a shell pattern such as 'eiger_12_*' "
+                        "(no '/', no '..')")
     return pattern
+
+
+def _why(text: str, allowed: str) -> str:
+    """' (it contains ':')' for the first character outside ``allowed``."""
+    for char in text or "":
+        if not (char.isascii() and (char.isalnum() or char in allowed)):
+            return f" (it contains {char!r})"
+    return ""
 
 
 def is_master(name: str) -> bool:
@@ -146,7 +158,7 @@ class FileTransfers:
 
     def default_pattern(self) -> str:
         """Files of the current prefix (any series id): ``<prefix with $id -> *>_*``."""
-        return self.ctrl.settings.prefix.replace("$id", "*") + "_*"
+        return paths.expand_id(self.ctrl.settings.prefix, "*") + "_*"
 
     def _select(self, pattern: str, what: str) -> List[str]:
         """Names on the DCU matching ``pattern``; an error when there are none."""
@@ -217,6 +229,13 @@ class FileTransfers:
                         if done else "")
                 raise DataError(f"transfer of '{name}' failed: {exc}{kept}; nothing was "
                                 "deleted from the DCU") from None
+        try:
+            # The renames must be on disk before the DCU may forget its copies.
+            paths.fsync_dir(directory)
+        except OSError as exc:
+            raise DataError(f"{len(done)} files transferred to {directory}, but "
+                            f"{paths.disk_error(exc, directory, 'syncing the directory')}; "
+                            "nothing was deleted from the DCU") from None
         total = sum(size for _, _, size, _ in done)
         notes = []
         present = [name for name, _, _, how in done if how == "present"]

@@ -27,6 +27,7 @@ never memory grow.
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import struct
@@ -40,6 +41,7 @@ import numpy as np
 from . import paths
 from .decoders import _V1_BSLZ4, Encoded
 from .errors import DataError
+from .streamevents import valid_channel
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +107,11 @@ class Hdf5RawWriter:
         self.images_per_file = int(images_per_file) if int(images_per_file) > 0 else \
             DEFAULT_IMAGES_PER_FILE
         self.series: Optional[int] = None
-        self.base = ""                    # path without _master.h5
+        self.requested_base = ""          # the base start() was given
+        self.base = ""                    # path without _master.h5 (unique without overwrite)
+        self.overwrite = True
         self.master = ""
+        self.written_master = ""          # the master the last close() wrote ("" if none)
         self.frames_written = 0
         self.nimages: Optional[int] = None
         self.metadata: Dict[str, Any] = {}
@@ -116,7 +121,12 @@ class Hdf5RawWriter:
     def start(self, base: str, series: int, *, nimages: Optional[int] = None,
               images_per_file: Optional[int] = None, overwrite: bool = True,
               metadata: Optional[Mapping[str, Any]] = None) -> str:
-        """Begin series ``series``: files named ``base``_master.h5 etc. Returns the master path."""
+        """Begin series ``series``: files named ``base``_master.h5 etc. Returns the master path.
+
+        Without ``overwrite`` an existing series' files are never touched: the
+        series gets the first of ``base``, ``base``-img001, ... for which no
+        master and no data file exists. A series still open is finished first.
+        """
         self.close()
         if images_per_file:
             self.images_per_file = int(images_per_file)
@@ -125,11 +135,12 @@ class Hdf5RawWriter:
             os.makedirs(directory, exist_ok=True)
         except OSError as exc:
             raise paths.disk_error(exc, directory, "creating the directory") from None
-        master = base + "_master.h5"
+        self.requested_base = base
         if not overwrite:
-            master = paths.unique_path(master)
-            base = master[:-len("_master.h5")]
+            base = paths.unique_stem(base, _series_exists)
+        master = base + "_master.h5"
         self.base, self.master, self.series = base, master, int(series)
+        self.overwrite = bool(overwrite)
         self.nimages = int(nimages) if nimages else None
         self.metadata = dict(metadata or {})
         self.frames_written = 0
@@ -142,6 +153,8 @@ class Hdf5RawWriter:
             raise DataError("HDF5RAW: a frame came before its series was started")
         multi = len(channels) > 1
         for name, encoded in channels.items():
+            if multi and not valid_channel(name):
+                raise DataError(f"HDF5RAW: channel name {name!r} cannot be part of a file name")
             channel = self._channels.get(name)
             if channel is None:
                 kind, elem_size = chunk_kind(encoded)
@@ -151,27 +164,52 @@ class Hdf5RawWriter:
             if tuple(encoded.shape) != channel.shape:
                 raise DataError(f"HDF5RAW: frame {frame} is {encoded.shape}, the series "
                                 f"started with {channel.shape}")
-            self._put(name if multi else None, channel, int(frame),
-                      _chunk_bytes(channel.kind, encoded))
+            try:
+                self._put(name if multi else None, channel, int(frame),
+                          _chunk_bytes(channel.kind, encoded))
+            except (OSError, RuntimeError) as exc:     # h5py: disk full, file too large ...
+                where = channel.files.get(channel.file_index) or self.base
+                raise paths.disk_error(exc, where, f"HDF5RAW: writing frame {frame} to") \
+                    from None
         self.frames_written += 1
 
-    def close(self) -> None:
-        """Finish the series: trim, set attributes, write the master file."""
+    def close(self) -> str:
+        """Finish the series: trim, set attributes, write the master file.
+
+        Returns the master's path ("" when no series was open or it got no
+        frame). The master is written even when finishing a data file fails
+        (its frames may be lost); that failure is then raised as a DataError.
+        """
         if self.series is None:
-            return
+            return ""
+        self.written_master = ""
+        failed: Optional[DataError] = None
         try:
             for channel in self._channels.values():
-                self._close_file(channel)
-            if self._channels:
-                self._write_master()
+                try:
+                    self._close_file(channel)
+                except Exception as exc:       # h5py raises OSError/RuntimeError
+                    path = channel.files.get(channel.file_index, self.base)
+                    log.error("HDF5RAW: finishing %s failed: %s", path, exc)
+                    if failed is None:
+                        failed = exc if isinstance(exc, DataError) else paths.disk_error(
+                            exc, path, "HDF5RAW: finishing the data file")
+            if not self._channels:
+                return ""
+            self._write_master()
+            self.written_master = self.master
         finally:
             self.series = None
             self._channels = {}
+        if failed is not None:
+            raise failed
+        return self.master
 
     # -- internals ------------------------------------------------------------
     def _data_path(self, channel_name: Optional[str], number: int) -> str:
         middle = f"_{channel_name}" if channel_name else ""
-        return f"{self.base}{middle}_data_{number:06d}.h5"
+        name = f"{os.path.basename(self.base)}{middle}_data_{number:06d}.h5"
+        return paths.safe_join(os.path.dirname(self.base) or ".", name, allow_subdirs=False)
 
     def _put(self, name: Optional[str], channel: _Channel, frame: int, chunk: Any) -> None:
         per_file = self.images_per_file
@@ -198,18 +236,26 @@ class Hdf5RawWriter:
             rows = max(1, min(per_file, self.nimages - first))
         height, width = channel.shape
         try:
-            handle = h5py.File(path, "w")
-        except OSError as exc:
+            # without overwrite an existing file is an error, never truncated
+            handle = h5py.File(path, "w" if self.overwrite else "x")
+        except (OSError, FileExistsError) as exc:
             raise DataError(f"HDF5RAW: cannot create {path}: {exc}; check data_directory "
                             "and the disk") from None
-        entry = handle.create_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        data = entry.create_group("data")
-        data.attrs["NX_class"] = "NXdata"
-        dataset = data.create_dataset(
-            "data", shape=(rows, height, width), maxshape=(per_file, height, width),
-            dtype=channel.dtype, chunks=(1, height, width),
-            **_filter_kwargs(channel.kind, channel.elem_size))
+        try:
+            entry = handle.create_group("entry")
+            entry.attrs["NX_class"] = "NXentry"
+            data = entry.create_group("data")
+            data.attrs["NX_class"] = "NXdata"
+            dataset = data.create_dataset(
+                "data", shape=(rows, height, width), maxshape=(per_file, height, width),
+                dtype=channel.dtype, chunks=(1, height, width),
+                **_filter_kwargs(channel.kind, channel.elem_size))
+        except BaseException:
+            try:
+                handle.close()
+            except Exception:
+                pass
+            raise
         channel.file, channel.dataset, channel.file_index = handle, dataset, number
         channel.low = channel.high = 0
         channel.files[number] = path
@@ -225,9 +271,9 @@ class Hdf5RawWriter:
                 dataset.resize(used, axis=0)
             dataset.attrs["image_nr_low"] = np.int64(channel.low or first + 1)
             dataset.attrs["image_nr_high"] = np.int64(channel.high or first)
-            handle.close()
         finally:
             channel.file = channel.dataset = None
+            handle.close()
 
     def _write_master(self) -> None:
         temp = paths.temp_name(self.master)
@@ -258,12 +304,20 @@ class Hdf5RawWriter:
                         except (TypeError, ValueError):
                             continue
             os.replace(temp, self.master)
-        except OSError as exc:
+            paths.fsync_dir(os.path.dirname(self.master))
+        except (OSError, RuntimeError) as exc:
             try:
                 os.unlink(temp)
             except OSError:
                 pass
             raise paths.disk_error(exc, self.master, "writing the HDF5 master file") from None
+
+
+def _series_exists(base: str) -> bool:
+    """True when files of a series named ``base`` exist (master or data files)."""
+    if os.path.exists(base + "_master.h5"):
+        return True
+    return bool(glob.glob(glob.escape(base) + "_*data_[0-9][0-9][0-9][0-9][0-9][0-9].h5"))
 
 
 def read_frames(master: str, channel: Optional[str] = None) -> np.ndarray:

@@ -14,7 +14,7 @@ import logging
 from typing import Any, List, Optional, Sequence, Tuple
 
 from . import paths
-from .controller import parse_number
+from .values import parse_number
 from .errors import DataError, DetectorError, ParameterError
 
 log = logging.getLogger(__name__)
@@ -97,9 +97,7 @@ class MonitorImages:
             return None
 
     def _name(self, series: Optional[int], what: str, threshold: Optional[int]) -> str:
-        prefix = self.ctrl.settings.prefix
-        base = prefix.replace("$id", str(series)) if series is not None \
-            else prefix.replace("$id", "latest")
+        base = paths.expand_id(self.ctrl.settings.prefix, series, "latest")
         return f"{base}_{what}" + (f"_th{threshold}" if threshold is not None else "") + ".tif"
 
     def _fetch(self, path: str, what: str) -> bytes:

@@ -137,6 +137,8 @@ TABLE: List[Param] = [
     _det("kappa_increment", "RW", "ALL", "kappa increment per image (deg)"),
     _det("kappa_start", "RW", "ALL", "kappa at the first image (deg)"),
     _det("nimages", "RW", "ALL", "images per trigger"),
+    _p("preset", DC, "RW", "ALL", "program count_time/frame_time (ACCUM: nimages) for counts "
+       "of this many seconds, without counting", local="acq.preset"),
     _det("ntrigger", "RW", "ALL", "triggers per arm"),
     _p("max_trigger", DC, "R", "ALL", "largest ntrigger the detector accepts",
        local="acq.max_trigger"),

@@ -8,7 +8,7 @@ import os
 import re
 import tempfile
 from contextlib import contextmanager
-from typing import IO, Iterator, Optional
+from typing import IO, Any, Callable, Iterator, Optional, Sequence
 
 from .errors import DataError
 
@@ -34,20 +34,72 @@ def safe_join(directory: str, name: str, *, allow_subdirs: bool = True) -> str:
     return full
 
 
-def unique_path(path: str) -> str:
-    """``path`` if free, else the same name with the next free ``-img###`` suffix."""
-    if not os.path.exists(path):
-        return path
-    stem, ext = os.path.splitext(path)
+def resolve_user_path(directory: str, name: str, what: str = "",
+                      allowed_extra: Sequence[str] = ("/tmp",)) -> str:
+    """The full path of a file name from spec: a relative name goes in
+    ``directory``; an absolute one must be inside ``directory`` or one of
+    ``allowed_extra``. ``what`` (the command) starts the error message."""
+    lead = f"{what}: " if what else ""
+    try:
+        if os.path.isabs(name) and not is_inside(directory, name):
+            for extra in allowed_extra:
+                if is_inside(extra, name):
+                    return safe_join(extra, name)
+            places = " and ".join(f"'{p}'" for p in allowed_extra)
+            raise DataError(f"'{name}' is outside the data directory '{directory}'"
+                            + (f" (and {places})" if places else "")
+                            + "; give a name inside it or change data_directory")
+        return safe_join(directory, name)
+    except DataError as exc:
+        raise DataError(f"{lead}{exc}") from None
+
+
+def expand_id(prefix: str, series: Any, default: str = "0") -> str:
+    """``prefix`` with ``$id`` replaced by ``series`` (``default`` when None)."""
+    return prefix.replace("$id", str(series) if series is not None else default)
+
+
+def unique_stem(stem: str, taken: Callable[[str], bool]) -> str:
+    """``stem`` if not ``taken``, else ``stem-img###`` with the next free number
+    (an ``-img###`` already on ``stem`` counts on from there)."""
+    if not taken(stem):
+        return stem
     match = _IMG_SUFFIX.search(stem)
     number = int(match.group(1)) if match else 0
     if match:
         stem = stem[:match.start()]
     while True:
         number += 1
-        candidate = f"{stem}-img{number:03d}{ext}"
-        if not os.path.exists(candidate):
+        candidate = f"{stem}-img{number:03d}"
+        if not taken(candidate):
             return candidate
+
+
+def unique_path(path: str) -> str:
+    """``path`` if free, else the same name with the next free ``-img###`` suffix."""
+    stem, ext = os.path.splitext(path)
+    return unique_stem(stem, lambda s: os.path.exists(s + ext)) + ext
+
+
+def fsync_dir(path: str) -> None:
+    """Make the renames and creations in directory ``path`` durable.
+
+    Raises OSError when the directory cannot be synced; file systems that
+    cannot sync a directory at all (EINVAL, ENOTSUP) are accepted as they are.
+    """
+    try:
+        fd = os.open(path or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return          # cannot open it for reading: nothing more can be done here
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -70,6 +122,7 @@ def atomic_file(path: str, mode: str = "wb") -> Iterator[IO]:
         except OSError:
             pass
         raise
+    fsync_dir(directory)
 
 
 def temp_name(path: str) -> str:
@@ -85,10 +138,11 @@ def ensure_dir(path: str, what: str = "data directory") -> str:
     return path
 
 
-def disk_error(exc: OSError, path: str, what: str) -> DataError:
-    """A clear message for a failed write (full disk, permissions, ...)."""
-    reason = exc.strerror or str(exc)
-    code = exc.errno or 0
+def disk_error(exc: BaseException, path: str, what: str) -> DataError:
+    """A clear message for a failed write (full disk, permissions, ...); ``exc``
+    is usually an OSError (h5py also raises RuntimeError)."""
+    reason = getattr(exc, "strerror", None) or str(exc)
+    code = getattr(exc, "errno", None) or 0
     if not code and _SHORT_WRITE.search(str(exc)):
         # numpy's tofile (used by tifffile) reports a short write without an
         # errno; on a local file system that means the device is full.
@@ -98,6 +152,8 @@ def disk_error(exc: OSError, path: str, what: str) -> DataError:
             errno.EDQUOT: "the disk quota is exceeded; free space or change data_directory",
             errno.EACCES: "permission denied; choose a writable data_directory",
             errno.EROFS: "the file system is read-only; change data_directory",
+            errno.EFBIG: "the file is larger than the file system or a limit allows; "
+                         "check the disk and the limits of the server's account",
             errno.ENOENT: "the directory does not exist; set data_directory again"}.get(
                 code, "check data_directory")
     return DataError(f"{what} '{path}' failed: {reason}; {hint}")

@@ -46,15 +46,8 @@ class PixelMasks:
         name = (name or "").strip() or default
         if extension and not name.endswith(".npy"):
             name += ".npy"
-        directory = self.ctrl.settings.data_directory
-        if os.path.isabs(name):
-            for base in (directory, TMP_DIR):
-                if paths.is_inside(base, name) and os.path.realpath(name) != \
-                        os.path.realpath(base):
-                    return os.path.realpath(name)
-            raise DataError(f"file name '{name}' is outside data_directory ('{directory}') "
-                            f"and {TMP_DIR}; give a name inside one of them")
-        return paths.safe_join(directory, name)
+        return paths.resolve_user_path(self.ctrl.settings.data_directory, name,
+                                       allowed_extra=(TMP_DIR,))
 
     def _save_array(self, array: np.ndarray, path: str, what: str) -> None:
         try:

@@ -57,6 +57,8 @@ class StreamReceiver:
         self._parse = streamv1.parse if version == "V1" else streamv2.parse
         self._context = context or zmq.Context.instance()
         self._stop = threading.Event()
+        self._stopped = False             # stop() was called: start() does nothing
+        self._life = threading.Lock()     # start() and stop() one at a time
         self._thread: Optional[threading.Thread] = None
         self._connected = threading.Event()
         # bookkeeping (receiver thread writes, others read)
@@ -74,20 +76,27 @@ class StreamReceiver:
 
     # -- lifecycle --------------------------------------------------------
     def start(self, timeout: float = 2.0) -> None:
-        """Start the thread; returns once the socket is connecting."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._connected.clear()
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name=f"stream-{self.version.lower()}-receiver")
-        self._thread.start()
+        """Start the thread; returns once the socket is connecting.
+
+        A receiver that has been stopped stays stopped (start() does nothing),
+        so one retired by another thread before it started never runs: make
+        a new receiver to receive again.
+        """
+        with self._life:
+            if self._stopped or (self._thread is not None and self._thread.is_alive()):
+                return
+            self._connected.clear()
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name=f"stream-{self.version.lower()}-receiver")
+            self._thread.start()
         self._connected.wait(timeout)
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop the thread (within about one poll period)."""
-        self._stop.set()
-        thread = self._thread
+        """Stop the thread (within about one poll period); for good."""
+        with self._life:
+            self._stopped = True
+            self._stop.set()
+            thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         self._thread = None

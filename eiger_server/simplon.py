@@ -6,7 +6,9 @@ the HTTP status and the DCU's own text.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
 import threading
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -34,6 +36,30 @@ def version_tuple(version: str) -> tuple:
     return tuple(parts)
 
 
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?\Z")
+
+
+def check_host(host: str) -> str:
+    """A detector address fit for a URL: a host name, IPv4 or IPv6 address.
+
+    Anything else (``/``, ``@``, ``?``, spaces...) would change the URL the
+    requests go to, so it is refused. IPv6 addresses come back in brackets.
+    """
+    host = (host or "").strip()
+    if not host:
+        return ""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(bare)
+        return f"[{address}]" if address.version == 6 else str(address)
+    except ValueError:
+        pass
+    if _HOSTNAME.match(host):
+        return host
+    raise DetectorError(f"'{host}' is not a host name or IP address; give the DCU's "
+                        "address (e.g. 192.168.48.110 or eiger-dcu.example.org)")
+
+
 def _short(text: str, limit: int = 300) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[:limit] + "..."
@@ -44,7 +70,7 @@ class SimplonClient:
 
     def __init__(self, host: str, port: int = 80, *, version: Optional[str] = None,
                  timeout: float = 5.0) -> None:
-        self.host = host
+        self.host = check_host(host)
         self.port = int(port)
         self.timeout = float(timeout)
         self._version = version

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import queue
 import threading
 import time
@@ -43,7 +42,7 @@ from .values import flag_arg, one_arg, parse_number
 from .imageproc import ImageResult
 from .receiver import StreamReceiver
 from .streamevents import ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent
-from .tiffsave import TiffSaver, save_tiff, tiff_name, with_suffix
+from .tiffsave import TiffSaver, channel_path, save_tiff, tiff_name, with_suffix
 
 log = logging.getLogger(__name__)
 
@@ -265,11 +264,21 @@ class StreamHandler:
         for thread in self._threads:
             thread.join(timeout=2)
         self._threads = []
-        if self._saver is not None:
-            self._saver.submit(self._close_raw)
-            self._saver.close(timeout=5)
-            self._saver = None
-        self._raw_writer.close()
+        saver, self._saver = self._saver, None
+        stopped = True
+        if saver is not None:
+            saver.submit(self._close_raw, always=True)
+            stopped = saver.close(timeout=5)
+            self.unsaved += saver.dropped
+        if not stopped:
+            # The saver thread still writes: the writer is its alone.
+            log.error("the saver thread did not stop; the open HDF5RAW series (if any) "
+                      "is left unfinished")
+        elif self._raw_writer.series is not None:
+            try:
+                self._close_raw()        # its job was dropped: finish here
+            except DataError as exc:
+                log.error("%s", exc)
 
     # -- for tests and the benchmark ------------------------------------------
     def wait_saved(self, timeout: float = 10.0) -> bool:
@@ -361,7 +370,7 @@ class StreamHandler:
     def set_prefix(self, *args: str) -> str:
         prefix = " ".join(str(a) for a in args).strip()
         if prefix:
-            self._check_target(prefix.replace("$id", "0"), "stream_prefix")
+            self._user_path(paths.expand_id(prefix, 0), "stream_prefix")
         with self._lock:
             if prefix != self.prefix:
                 self.index = 0
@@ -455,22 +464,17 @@ class StreamHandler:
     def do_save(self, *args: str) -> str:
         """Save the latest image; one file per channel when there are several."""
         name = " ".join(str(a) for a in args).strip()
-        if name:
-            self._check_target(with_suffix(name), "save")
+        base = self._user_path(with_suffix(name), "save") if name else ""
         with self._lock:
             result = self._latest
         if result is None:
             raise DataError("save: no image yet; take one with the stream enabled")
-        if not name:
-            name = self._prefix_for(result.series)
-        base = self._check_target(with_suffix(name), "save")
+        if not base:
+            base = self._user_path(with_suffix(self._prefix_for(result.series)), "save")
         channels = result.channels or {"image": result.raw}
         saved = []
         for channel, array in channels.items():
-            path = base
-            if len(channels) > 1:
-                stem, ext = os.path.splitext(base)
-                path = f"{stem}_{channel}{ext}"
+            path = channel_path(base, channel) if len(channels) > 1 else base
             meta = dict(result.metadata, channel=channel)
             saved.append(save_tiff(path, array, meta, overwrite=self.overwrite))
         self.latest_file = saved[0]
@@ -559,8 +563,11 @@ class StreamHandler:
                 self.decode_failures += 1
                 self._count_failure(self._gen)
         elif isinstance(event, SeriesEnd):
-            if self.autosave and self.save_mode == "HDF5RAW":
-                self._submit_save(self._close_raw, 0, f"end of series {event.series}")
+            # Finish an HDF5RAW series whatever autosave and the mode are now
+            # (a no-op when none is open); queued after the series' frames.
+            saver = self._saver
+            if saver is not None:
+                saver.submit(self._close_raw, always=True)
 
     def _dispatch(self, event: ImageMessage) -> None:
         with self._lock:
@@ -615,9 +622,8 @@ class StreamHandler:
                             "images full); the disk is too slow", event.frame, event.series,
                             self.save_depth)
         if save_raw:
-            base = tiff_name(directory, prefix, event.series)[:-len(".tif")]
             self._submit_save(
-                lambda: self._save_raw(event, meta, base, per_file, overwrite),
+                lambda: self._save_raw(event, meta, directory, prefix, per_file, overwrite),
                 event.nbytes, f"frame {event.frame} of series {event.series}")
         # Block while the workers are busy: back-pressure reaches zmq and the DCU.
         while not self._closing.is_set():
@@ -775,34 +781,67 @@ class StreamHandler:
             log.warning("%s not saved: saving is behind (queue of %s images full); the "
                         "disk is too slow", what, self.save_depth)
 
-    def _save_raw(self, event: ImageMessage, meta: Dict[str, Any], base: str,
-                  per_file: int, overwrite: bool) -> None:
-        """(saver thread) Store one frame's compressed blobs in the HDF5RAW files."""
+    def _save_raw(self, event: ImageMessage, meta: Dict[str, Any], directory: str,
+                  prefix: str, per_file: int, overwrite: bool) -> None:
+        """(saver thread) Store one frame's compressed blobs in the HDF5RAW files.
+
+        Any failure (a bad name, a full disk, ...) counts the frame as unsaved
+        and is raised as a DataError for the saver to report."""
         writer = self._raw_writer
-        if writer.series != event.series or writer.base != base:
-            nimages = meta.get("nimages")
-            try:
-                nimages = int(nimages) * max(1, int(meta.get("ntrigger") or 1)) \
-                    if nimages else None
-            except (TypeError, ValueError):
-                nimages = None
-            master = writer.start(base, event.series, nimages=nimages,
-                                  images_per_file=per_file, overwrite=overwrite,
-                                  metadata=meta)
-            self.latest_file = master
+        base = ""
         try:
+            base = tiff_name(directory, prefix, event.series)[:-len(".tif")]
+            if writer.series != event.series or writer.requested_base != base:
+                if writer.series is not None:
+                    try:
+                        self._close_raw()
+                    except DataError as exc:      # that series' problem, not this frame's
+                        self._saver_error(exc)
+                nimages = meta.get("nimages")
+                try:
+                    nimages = int(nimages) * max(1, int(meta.get("ntrigger") or 1)) \
+                        if nimages else None
+                except (TypeError, ValueError):
+                    nimages = None
+                writer.start(base, event.series, nimages=nimages, images_per_file=per_file,
+                             overwrite=overwrite, metadata=meta)
             writer.write(event.frame, event.channels)
-        except DataError:
+        except Exception as exc:
             self.unsaved += 1
-            raise
+            if isinstance(exc, DataError):
+                raise
+            raise paths.disk_error(exc, base or directory, "HDF5RAW: saving frame "
+                                   f"{event.frame} of series {event.series} in") from None
 
     def _close_raw(self) -> None:
-        self._raw_writer.close()
+        """(saver thread) Finish the open HDF5RAW series, if any; latest_file
+        names its master once that is written."""
+        writer = self._raw_writer
+        if writer.series is None:
+            return
+        master = writer.master
+        try:
+            writer.close()
+        except DataError:
+            raise
+        except Exception as exc:
+            raise paths.disk_error(exc, master, "HDF5RAW: finishing the series of") from None
+        finally:
+            if writer.written_master:
+                self.latest_file = writer.written_master
+
+    def _saver_error(self, exc: Exception) -> None:
+        """Report a saving error that is not raised to the saver."""
+        log.error("%s", exc)
+        saver = self._saver
+        if saver is not None:
+            saver.errors.append(str(exc))
 
     def _save_job(self, job: _Job, directory: str, prefix: str, index: Optional[int],
                   overwrite: bool) -> None:
         while not job.done.wait(0.5):
             if self._closing.is_set():
+                self.unsaved += 1           # the server stops before the image was decoded
                 return
         result = job.result
         if result is None:
@@ -824,22 +863,11 @@ class StreamHandler:
 
     # -- names and metadata ------------------------------------------------------
     def _prefix_for(self, series: Optional[int]) -> str:
-        prefix = self.prefix or self.ctrl.settings.prefix
-        return prefix.replace("$id", str(series if series is not None else 0))
+        return paths.expand_id(self.prefix or self.ctrl.settings.prefix, series)
 
-    def _check_target(self, name: str, what: str) -> str:
-        """The full path for ``name``: relative names go in data_directory;
-        absolute names must be inside data_directory or /tmp."""
-        directory = self.ctrl.settings.data_directory
-        if os.path.isabs(name) and not paths.is_inside(directory, name):
-            if paths.is_inside("/tmp", name):
-                return paths.safe_join("/tmp", name)
-            raise DataError(f"{what}: '{name}' is outside the data directory '{directory}' "
-                            "(and /tmp); give a name inside it or change data_directory")
-        try:
-            return paths.safe_join(directory, name)
-        except DataError as exc:
-            raise DataError(f"{what}: {exc}") from None
+    def _user_path(self, name: str, what: str) -> str:
+        """The full path for a name from spec (see paths.resolve_user_path)."""
+        return paths.resolve_user_path(self.ctrl.settings.data_directory, name, what)
 
     def _snapshot_meta(self) -> Dict[str, Any]:
         """Detector values for the metadata of this count's images (cached reads)."""

@@ -5,10 +5,38 @@ receiver and the stream handler work only with them.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from .decoders import Encoded
+
+# Channel names become parts of file names: letters, digits and _ only.
+_CHANNEL_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+
+def valid_channel(name: Any) -> bool:
+    """True when ``name`` may be used as a channel name (and in a file name)."""
+    return isinstance(name, str) and _CHANNEL_NAME.fullmatch(name) is not None
+
+
+def buffer(part: Any) -> memoryview:
+    """A memoryview of a zmq.Frame, bytes or memoryview message part."""
+    buf = getattr(part, "buffer", None)
+    return buf if buf is not None else memoryview(part)
+
+
+def seconds(value: Any, unit: float = 1.0) -> Optional[float]:
+    """A time from a stream message in seconds: ``value`` (a number, or a
+    ``[numerator, denominator]`` pair) times ``unit``; None when unreadable."""
+    try:
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            return float(value[0]) / float(value[1]) * unit
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            return float(value) * unit
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return None
 
 
 @dataclass

@@ -20,18 +20,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .decoders import Encoded
-from .streamevents import Event, ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent
+from .streamevents import (Event, ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent,
+                           buffer as _buffer, seconds)
 
 CHANNEL = "threshold_1"     # V1 carries one image per message
 _NS = 1e-9
-
-
-def _buffer(part: Any) -> memoryview:
-    """A memoryview of a zmq.Frame, bytes or memoryview part."""
-    buf = getattr(part, "buffer", None)
-    if buf is not None:
-        return buf
-    return memoryview(part)
 
 
 def _json(part: Any, what: str) -> dict:
@@ -54,13 +47,6 @@ def _appendix(part: Any) -> Any:
         return json.loads(text)
     except ValueError:
         return text
-
-
-def _seconds(value: Any) -> Optional[float]:
-    try:
-        return float(value) * _NS
-    except (TypeError, ValueError):
-        return None
 
 
 def _int(value: Any, what: str) -> int:
@@ -145,7 +131,7 @@ def _image(head: dict, parts: Sequence[Any], series: Optional[int],
     appendix = _appendix(parts[4]) if len(parts) > 4 else None
     channel = Encoded(blob, encoding, (height, width), dtype)
     return ImageMessage(series, frame, {CHANNEL: channel},
-                        start_time=_seconds(times.get("start_time")),
-                        stop_time=_seconds(times.get("stop_time")),
-                        real_time=_seconds(times.get("real_time")),
+                        start_time=seconds(times.get("start_time"), _NS),
+                        stop_time=seconds(times.get("stop_time"), _NS),
+                        real_time=seconds(times.get("real_time"), _NS),
                         appendix=appendix, parts=list(parts))

@@ -19,7 +19,8 @@ import numpy as np
 
 from .decoders import (DECTRIS_COMPRESSION_TAG, MULTIDIM_ARRAY_TAG, SELF_DESCRIBE_TAG,
                        Compressed, Encoded, typed_array_dtype)
-from .streamevents import Event, ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent
+from .streamevents import (Event, ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent,
+                           buffer, seconds, valid_channel)
 
 # Large start-message entries left out of the configuration kept per series.
 _BULKY = ("pixel_mask", "flatfield", "countrate_correction_lookup_table")
@@ -101,23 +102,6 @@ def loads(data: Any) -> Any:
     return cbor2.loads(data, tag_hook=tag_hook)
 
 
-def _buffer(part: Any) -> Any:
-    buf = getattr(part, "buffer", None)
-    return buf if buf is not None else part
-
-
-def _seconds(value: Any) -> Optional[float]:
-    """``[numerator, denominator]`` -> seconds."""
-    try:
-        if isinstance(value, (list, tuple)) and len(value) == 2:
-            return float(value[0]) / float(value[1])
-        if isinstance(value, (int, float)):
-            return float(value)
-    except (TypeError, ValueError, ZeroDivisionError):
-        return None
-    return None
-
-
 def parse(parts: Sequence[Any]) -> Event:
     """The event one V2 zmq message carries; never raises."""
     series: Optional[int] = None
@@ -125,7 +109,7 @@ def parse(parts: Sequence[Any]) -> Event:
     try:
         if len(parts) != 1:
             raise ValueError(f"expected one CBOR part, got {len(parts)}")
-        message = loads(_buffer(parts[0]))
+        message = loads(buffer(parts[0]))
         if isinstance(message, cbor2.CBORTag) and message.tag == SELF_DESCRIBE_TAG:
             message = message.value
         if not isinstance(message, Mapping):
@@ -152,6 +136,9 @@ def _start(message: Mapping, series: Optional[int]) -> SeriesHeader:
         raise ValueError("start message without series_id")
     config: Dict[str, Any] = {k: v for k, v in message.items() if k not in _BULKY}
     channels = [str(c) for c in message.get("channels") or []]
+    for name in channels:
+        if not valid_channel(name):
+            raise ValueError(f"channel name {name!r} is not letters, digits and _")
     nimages = message.get("number_of_images")
     return SeriesHeader(series, config=config, channels=channels,
                         nimages=int(nimages) if nimages is not None else None,
@@ -167,14 +154,16 @@ def _image(message: Mapping, series: Optional[int], frame: int) -> ImageMessage:
         raise ValueError("image without data")
     channels: Dict[str, Encoded] = {}
     for name, item in data.items():
+        if not valid_channel(name):
+            raise ValueError(f"channel name {name!r} is not letters, digits and _")
         if isinstance(item, _Bad):
             raise ValueError(f"channel {name}: {item.reason}")
         if not isinstance(item, Encoded):
             raise ValueError(f"channel {name} is not a tag 40 image")
-        channels[str(name)] = item
+        channels[name] = item
     return ImageMessage(series, frame, channels,
-                        start_time=_seconds(message.get("start_time")),
-                        stop_time=_seconds(message.get("stop_time")),
-                        real_time=_seconds(message.get("real_time")),
+                        start_time=seconds(message.get("start_time")),
+                        stop_time=seconds(message.get("stop_time")),
+                        real_time=seconds(message.get("real_time")),
                         appendix=message.get("user_data"),
                         unique_id=str(message.get("series_unique_id", "")))

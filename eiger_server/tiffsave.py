@@ -102,17 +102,23 @@ def tiff_name(directory: str, prefix: str, series: Optional[int] = None,
 
     ``prefix`` with ``$id`` replaced by the series number, then ``_<index>``
     (4 digits) when autoindexing, ``_<channel>`` for a V2 image with several
-    channels, and ``.tif``. A relative prefix is taken inside ``directory``.
+    channels, and ``.tif``. A relative prefix is taken inside ``directory``;
+    an absolute one must be inside it or /tmp (``paths.resolve_user_path``).
     """
-    name = prefix.replace("$id", str(series if series is not None else 0))
+    name = paths.expand_id(prefix, series)
     if name.lower().endswith(TIFF_SUFFIXES):
         name = os.path.splitext(name)[0]
     if index is not None:
         name = f"{name}_{index:04d}"
-    if channel:
-        name = f"{name}_{channel}"
-    name += ".tif"
-    return name if os.path.isabs(name) else os.path.join(directory, name)
+    path = paths.resolve_user_path(directory, name + ".tif", "stream_prefix")
+    return channel_path(path, channel) if channel else path
+
+
+def channel_path(path: str, channel: str) -> str:
+    """``path`` with ``_<channel>`` before its extension, in the same directory."""
+    stem, ext = os.path.splitext(os.path.basename(path))
+    return paths.safe_join(os.path.dirname(path), f"{stem}_{channel}{ext}",
+                           allow_subdirs=False)
 
 
 class TiffSaver:
@@ -128,17 +134,22 @@ class TiffSaver:
         self._stop = False
         self.saved = 0
         self.failed = 0
+        self.dropped = 0          # jobs carrying data that close() discarded unrun
         self.errors: Deque[str] = collections.deque(maxlen=5)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, job: Callable[[], Any], nbytes: int = 0) -> bool:
-        """Queue ``job``; False (job refused) when the queue is full."""
+    def submit(self, job: Callable[[], Any], nbytes: int = 0, *, always: bool = False) -> bool:
+        """Queue ``job``; False (job refused) when the queue is full.
+
+        ``always`` queues it even then: for small jobs that must run in order
+        after the queued ones (finishing a file), never for image data.
+        """
         with self._cond:
             if self._stop:
                 return False
-            if len(self._jobs) >= self.depth or (
-                    self._jobs and self._queued_bytes + nbytes > self.max_bytes):
+            if not always and (len(self._jobs) >= self.depth or (
+                    self._jobs and self._queued_bytes + nbytes > self.max_bytes)):
                 return False
             self._jobs.append((job, nbytes))
             self._queued_bytes += nbytes
@@ -154,14 +165,24 @@ class TiffSaver:
         with self._cond:
             return self._cond.wait_for(lambda: not self._jobs and not self._busy, timeout)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Finish the queued jobs (up to ``timeout``), then stop the thread."""
+    def close(self, timeout: float = 10.0) -> bool:
+        """Finish the queued jobs (up to ``timeout``), then stop the thread.
+
+        Jobs still queued then are discarded; those carrying data (nbytes > 0)
+        are counted in ``dropped``. True when the thread has stopped.
+        """
         self.wait_idle(timeout)
         with self._cond:
             self._stop = True
+            discarded = sum(1 for _, nbytes in self._jobs if nbytes > 0)
+            if discarded:
+                self.dropped += discarded
+                log.error("%d queued images not saved: the server is stopping", discarded)
+            self._queued_bytes -= sum(nbytes for _, nbytes in self._jobs)
             self._jobs.clear()
             self._cond.notify_all()
         self._thread.join(timeout=2)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         while True:

@@ -14,6 +14,13 @@ from helpers import ServerProcess, server_args_for  # noqa: E402
 APIS = ["1.6.0", "1.8.0"]
 
 
+@pytest.fixture(autouse=True)
+def _run_in_tmp(tmp_path, monkeypatch):
+    """Every test runs in its own directory: nothing a test (or a server it
+    starts) writes by a relative name can land in the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(params=APIS)
 def api(request) -> str:
     return request.param

@@ -141,3 +141,76 @@ def test_external_trigger_count_ends_when_the_images_arrive(controller, fake_dcu
     assert controller.get("images_collected") == "2"
     frame = controller.stream.latest().raw
     assert frame.shape == (514, 1030) and frame.dtype == np.uint16
+
+
+def test_halt_while_arming_takes_no_image(controller, fake_dcu):
+    controller.set("stream_mode", ["1"])
+    fake_dcu.model.arm_delay = 1.0            # arming takes seconds on real hardware
+    started = time.monotonic()
+    controller.acq.start_count(5.0)
+    wait_for(lambda: controller.acq.counting(), 5, what="the count to start")
+    time.sleep(0.3)                           # inside the arm
+    controller.acq.halt()
+    wait_for(lambda: not controller.acq.counting(), 10, what="the halted count to end")
+    # Had it triggered, the count would have exposed for 5 s after arming.
+    assert time.monotonic() - started < 5.0
+    assert controller.get("images_collected") == "0"
+
+
+def test_single_after_accum_gets_its_nimages_back(controller):
+    controller.set("stream_mode", ["1"])
+    controller.set("nimages", ["1"])
+    controller.set("acq_mode", ["ACCUM"])
+    controller.set("acc_nimages", ["4"])
+    count(controller, 0.04)
+    assert controller.get("nimages") == "4"
+    controller.set("acq_mode", ["SINGLE"])
+    count(controller, 0.04)
+    assert controller.get("nimages") == "1"
+    assert controller.get("images_collected") == "1"
+
+
+def test_preset_programs_the_series_a_scan_arms(controller, spy):
+    controller.set("ntrigger", ["3"])
+    assert controller.set("preset", ["0.03"]) == "0.03"
+    assert controller.get("preset") == "0.03"
+    assert float(controller.get("count_time")) == pytest.approx(0.03)
+    controller.get("arm")
+    spy["command"].clear()
+    for _ in range(3):
+        count(controller, 0.03)
+    assert spy["command"] == ["trigger"] * 3      # the armed series fitted every point
+    with pytest.raises(ParameterError):
+        controller.set("preset", ["0"])
+
+
+def test_server_names_answer_without_a_detector(tmp_path):
+    from types import SimpleNamespace
+
+    from eiger_server.controller import EigerController
+    from eiger_server.errors import DetectorError
+    from helpers import free_port
+    options = SimpleNamespace(dcu_host="127.0.0.1", dcu_port=free_port(), simplon_version=None,
+                              http_timeout=2.0, rotation=0, flipv=False, fliph=False)
+    ctrl = EigerController(options)
+    try:
+        assert ctrl.get("server_version").startswith("eiger_server ")
+        assert ctrl.set("data_directory", [str(tmp_path)]) == str(tmp_path)
+        assert ctrl.get("cmd_executing") == "0"
+        with pytest.raises(DetectorError, match="cannot reach the detector"):
+            ctrl.get("state")
+        with pytest.raises(ParameterError, match="absolute"):
+            ctrl.set("data_directory", ["relative/dir"])
+    finally:
+        ctrl.close()
+
+
+@pytest.mark.parametrize("address", ["a/b", "x@y", "host?q=1", "10.0.0.1:80", "h#x"])
+def test_a_detector_address_cannot_change_the_url(address):
+    from eiger_server.errors import DetectorError
+    from eiger_server.simplon import SimplonClient, check_host
+    with pytest.raises(DetectorError, match="not a host name or IP address"):
+        check_host(address)
+    with pytest.raises(DetectorError):
+        SimplonClient(address, 80)
+    assert check_host("::1") == "[::1]" and check_host("dcu-1.example.org") == "dcu-1.example.org"

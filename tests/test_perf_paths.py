@@ -15,7 +15,9 @@ from eiger_server.hdf5raw import Hdf5RawWriter, read_frames
 from eiger_server.streamv2 import parse as parse_v2
 from eiger_server.tiffsave import TiffSaver
 
-CAPTURES = Path("/work/shared/data/dectris-stream2")
+# shared/ lies beside the clone (<clone>/../shared), as for tests/test_params_table.py
+CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dectris-stream2"
+BSLZ4_CAPTURES = ["r500k_bm_bslz4_16bit", "r500k_bm_bslz4_32bit", "r500k_bm_bslz4_8bit"]
 
 
 def _encodings(array: np.ndarray):
@@ -62,8 +64,9 @@ def test_partial_decode_of_a_corrupt_frame_is_an_error():
 
 
 def _capture_images():
-    files = sorted(p for d in sorted(CAPTURES.glob("*bslz4*")) if d.is_dir()
-                   for p in sorted(d.iterdir()) if p.is_file())
+    folders = sorted(d for d in CAPTURES.glob("*bslz4*") if d.is_dir())
+    assert [d.name for d in folders] == BSLZ4_CAPTURES
+    files = sorted(p for d in folders for p in sorted(d.glob("*.cbor")))
     images = []
     for path in files:
         event = parse_v2([path.read_bytes()])
@@ -74,11 +77,11 @@ def _capture_images():
     return images
 
 
-@pytest.mark.skipif(not CAPTURES.exists(), reason="real captures not available")
+@pytest.mark.skipif(not CAPTURES.is_dir(),
+                    reason=f"real DECTRIS captures not available ({CAPTURES} is absent)")
 def test_partial_decode_on_real_detector_captures():
     images = _capture_images()
-    if not images:
-        pytest.skip("no bslz4 image messages in the captures")
+    assert len(images) >= 9, "too few bslz4 image messages in the captures"
     for encoded in images:
         full = encoded.decode()
         height = full.shape[0]

@@ -228,7 +228,7 @@ def test_a_client_that_never_reads_does_not_block_the_server(rig):
     flooder.start()
     worst = 0.0
     try:
-        with WireClient("127.0.0.1", server.port, 10) as other:
+        with WireClient("127.0.0.1", server.port, 30) as other:
             while flooder.is_alive():
                 t0 = time.monotonic()
                 assert other.hello().startswith("hello back V2 ")
@@ -240,7 +240,9 @@ def test_a_client_that_never_reads_does_not_block_the_server(rig):
     finally:
         stop.set()
         flooder.join(10)
-    assert worst < 1.0, f"the server took {worst:.2f} s to answer another client"
+    # not a speed test: a server that waited for the lazy client would hold the
+    # other client until it gave up on the lazy one
+    assert worst < 10.0, f"the server took {worst:.2f} s to answer another client"
     # far more asked for than the 64 MiB a client may leave unread
     wait_for(lambda: "does not read its replies" in server.log_text(), 10,
              what="the server to give up on the client that never reads")
@@ -268,9 +270,13 @@ def test_a_client_that_leaves_during_a_slow_command(rig):
     app, server = rig
     app.faults.update({"delay": 0.5})
     try:
+        mark = len(app.http.request_log)
         raw = Raw(server.port)
         raw.send(b"=: 1 get temperature\n")
-        time.sleep(0.1)
+        # leave once the command runs: the detector has the request
+        wait_for(lambda: any("temperature" in path
+                             for _, path, _ in list(app.http.request_log)[mark:]),
+                 10, what="the server to ask the detector for the temperature")
         raw.close(reset=True)
     finally:
         app.faults.update({"delay": 0})

@@ -183,11 +183,10 @@ def test_busy_while_a_command_runs(server, handler):
     a.sock.sendall(a.conn.send("slow"))
     slow_no = a.conn.last_cmdno
     assert handler.slow_started.wait(5)
-    t0 = time.monotonic()
+    # "slow" runs until the test releases it: these answers come while it runs
     assert b.command("echo", "x").text == "busy"          # another client
     assert a.command("echo", "y").text == "busy"          # the same client
     assert b.hello().startswith("hello back V2 ")          # hello never waits
-    assert time.monotonic() - t0 < 1.0
     handler.slow_release.set()
     assert a.wait_reply(slow_no).text == "done"
     assert b.command("echo", "x").text == "x"
@@ -324,11 +323,12 @@ def test_client_that_never_reads_does_not_block_others(handler, caplog):
         flood = b"".join(b"=: %d hello\n" % i for i in range(1, 3001))  # ~190 MiB of answers
         with caplog.at_level(logging.WARNING, logger="eiger_server.server"):
             lazy.send(flood)
-            with WireClient("127.0.0.1", srv.port, 5) as reader:
+            with WireClient("127.0.0.1", srv.port, 30) as reader:
                 for i in range(20):
                     t0 = time.monotonic()
                     assert reader.command("echo", i).text == str(i)
-                    assert time.monotonic() - t0 < 1.0
+                    # not a speed test: only "not held up by the lazy client"
+                    assert time.monotonic() - t0 < 10.0
             wait_for(lambda: "does not read its replies" in caplog.text)
         # the server gave up on the client that does not read: what it gets
         # is far less than it asked for, then the connection ends.
