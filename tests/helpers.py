@@ -99,3 +99,39 @@ def acquire(ctrl, nimages: int) -> int:
              what="the series")
     ctrl.set("disarm")
     return seqid
+
+
+class StubController:
+    """What StreamHandler needs of EigerController, with no DCU: detector
+    values come from ``config`` ({(subsystem, name): value}); writes land there
+    too and are listed in ``written``."""
+
+    def __init__(self, data_directory, port: int = 1, config=None, prefix: str = "s$id",
+                 **options) -> None:
+        from types import SimpleNamespace
+        self.options = SimpleNamespace(stream_port=port, stream2_port=port, rotation=0,
+                                       flipv=False, fliph=False, **options)
+        self.simplon = SimpleNamespace(host="127.0.0.1", get=self._status)
+        self.settings = SimpleNamespace(data_directory=str(data_directory), prefix=prefix)
+        self.acq = SimpleNamespace(acq_mode="SINGLE")
+        self.version = "1.8.0"
+        self.config = dict(config or {})
+        self.written = []
+
+    def _status(self, subsystem, task, name):
+        from eiger_server.errors import DetectorError
+        raise DetectorError("no DCU in this test")
+
+    def version_at_least(self, major, minor):
+        return True
+
+    def config_value(self, key, subsystem="detector"):
+        from eiger_server.errors import DetectorError
+        if (subsystem, key) not in self.config:
+            raise DetectorError(f"{key} unknown")
+        return self.config[(subsystem, key)]
+
+    def write_config(self, subsystem, key, value, force=False):
+        self.written.append((subsystem, key, value))
+        self.config[(subsystem, key)] = value
+        return True

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
 import cbor2
 import h5py
@@ -18,12 +17,13 @@ import zmq
 from eiger_server import files as files_module
 from eiger_server import paths, streamv1, streamv2
 from eiger_server.decoders import Encoded
-from eiger_server.errors import DataError, DetectorError
+from eiger_server.errors import DataError
 from eiger_server.hdf5raw import Hdf5RawWriter, read_frames
 from eiger_server.receiver import StreamReceiver
 from eiger_server.stream import StreamHandler
 from eiger_server.streamevents import ImageMessage, SeriesEnd, StreamErrorEvent
 from eiger_server.tiffsave import TiffSaver
+import helpers
 from helpers import acquire, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,33 +33,10 @@ def raw(image):
     return Encoded(memoryview(image.tobytes()), "<", image.shape, image.dtype)
 
 
-class StubController:
-    """What StreamHandler needs of EigerController, without a DCU."""
-
-    def __init__(self, data_directory, port=1, config=None, prefix="s$id"):
-        self.options = SimpleNamespace(stream_port=port, stream2_port=port, rotation=0,
-                                       flipv=False, fliph=False, queue_depth=8,
-                                       stream_workers=1)
-        self.simplon = SimpleNamespace(host="127.0.0.1", get=self._status)
-        self.settings = SimpleNamespace(data_directory=str(data_directory), prefix=prefix)
-        self.acq = SimpleNamespace(acq_mode="SINGLE")
-        self.version = "1.8.0"
-        self.config = dict(config or {})
-
-    def _status(self, subsystem, task, name):
-        raise DetectorError("no DCU in this test")
-
-    def version_at_least(self, major, minor):
-        return True
-
-    def config_value(self, key, subsystem="detector"):
-        if (subsystem, key) not in self.config:
-            raise DetectorError(f"{key} unknown")
-        return self.config[(subsystem, key)]
-
-    def write_config(self, subsystem, key, value, force=False):
-        self.config[(subsystem, key)] = value
-        return True
+def StubController(data_directory, port=1, config=None, prefix="s$id"):
+    """The shared stand-in, with a small queue and one worker."""
+    return helpers.StubController(data_directory, port, config, prefix, queue_depth=8,
+                                  stream_workers=1)
 
 
 # -- 1. HDF5RAW without overwrite never touches an earlier series --------------------------

@@ -11,7 +11,6 @@ import struct
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import bitshuffle
 import cbor2
@@ -24,9 +23,10 @@ from dectris import compression as dectris_compression
 
 from eiger_server import imageproc, streamv1, streamv2, tiffsave
 from eiger_server.decoders import DecodeError, decode, decode_v2, typed_array_dtype
-from eiger_server.errors import DataError, DetectorError
+from eiger_server.errors import DataError
 from eiger_server.receiver import StreamReceiver
 from eiger_server.streamevents import ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent
+from helpers import StubController
 
 # shared/ lies beside the clone (<clone>/../shared), as for tests/test_params_table.py
 CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dectris-stream2"
@@ -456,44 +456,15 @@ def test_saver_refuses_when_full_and_runs_in_order():
 
 
 # -- the handler in-process, with the real captures pushed over ZeroMQ --------------------------
-class StubController:
-    """What StreamHandler needs of EigerController, without a DCU."""
-
-    def __init__(self, port, data_directory, config):
-        self.options = SimpleNamespace(stream_port=port, stream2_port=port, rotation=0,
-                                       flipv=False, fliph=False)
-        self.simplon = SimpleNamespace(host="127.0.0.1", get=self._status)
-        self.settings = SimpleNamespace(data_directory=str(data_directory), prefix="eiger_$id")
-        self.acq = SimpleNamespace(acq_mode="SINGLE")
-        self.version = "1.8.0"
-        self.config = config
-        self.written = []
-
-    def _status(self, subsystem, task, name):
-        raise DetectorError("no DCU in this test")
-
-    def version_at_least(self, major, minor):
-        return True
-
-    def config_value(self, key, subsystem="detector"):
-        if (subsystem, key) not in self.config:
-            raise DetectorError(f"{key} unknown")
-        return self.config[(subsystem, key)]
-
-    def write_config(self, subsystem, key, value, force=False):
-        self.written.append((subsystem, key, value))
-        self.config[(subsystem, key)] = value
-        return True
-
-
 def test_handler_v2_three_channels_autosave_and_accumulation(push, tmp_path):
     from eiger_server.stream import StreamHandler
     sock, endpoint = push
     port = int(endpoint.rsplit(":", 1)[1])
-    ctrl = StubController(port, tmp_path, {("stream", "mode"): "enabled",
-                                           ("stream", "format"): "cbor",
-                                           ("detector", "bit_depth_image"): 16,
-                                           ("detector", "count_time"): 0.02})
+    ctrl = StubController(tmp_path, port, prefix="eiger_$id",
+                          config={("stream", "mode"): "enabled",
+                                  ("stream", "format"): "cbor",
+                                  ("detector", "bit_depth_image"): 16,
+                                  ("detector", "count_time"): 0.02})
     handler = StreamHandler(ctrl)
     try:
         handler.set_autosave("1")
@@ -548,7 +519,7 @@ def test_handler_v2_three_channels_autosave_and_accumulation(push, tmp_path):
 
 def test_handler_roi_errors_and_read_not_ready(tmp_path):
     from eiger_server.stream import StreamHandler
-    ctrl = StubController(1, tmp_path, {("stream", "mode"): "disabled"})
+    ctrl = StubController(tmp_path, 1, {("stream", "mode"): "disabled"}, prefix="eiger_$id")
     handler = StreamHandler(ctrl)
     try:
         with pytest.raises(DataError, match="not ready"):
