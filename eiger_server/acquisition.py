@@ -138,8 +138,10 @@ class Acquisition:
 
     def do_abort(self, *args: str) -> str:
         self._halt.set()
-        self.ctrl.simplon.command("detector", "abort")
-        self.armed = False
+        try:
+            self.ctrl.simplon.command("detector", "abort")
+        finally:
+            self.armed = False
         return ""
 
     def do_trigger(self, *args: str) -> str:
@@ -165,13 +167,9 @@ class Acquisition:
         self._start(lambda: self._count_once(preset))
 
     def halt(self) -> None:
-        if not self.counting():
-            return
-        self._halt.set()
-        try:
-            self.ctrl.simplon.command("detector", "abort")
-        finally:
-            self.armed = False
+        """spec's ``halt``: abort the running count, if any."""
+        if self.counting():
+            self.do_abort()
 
     def _start(self, work) -> None:
         if self.counting():

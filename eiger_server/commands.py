@@ -135,9 +135,5 @@ class CommandHandler:
         return Reply()
 
     def _get_roi(self, args: List[str]) -> Reply:
-        if len(args) == 1:
-            return Reply(text=format_value(self.ctrl.stream.get_roi(args[0])))
-        if len(args) == 4:
-            bounds = [int(parse_number(a, "get_roi", integer=True)) for a in args]
-            return Reply(text=format_value(self.ctrl.stream.get_roi(*bounds)))
-        raise ParameterError("get_roi needs a ROI name or row_beg row_end col_beg col_end")
+        # A ROI name or row_beg row_end col_beg col_end: the stream checks which.
+        return Reply(text=format_value(self.ctrl.stream.get_roi(*args)))

@@ -28,6 +28,7 @@ from .protocol import wire_type_for
 
 log = logging.getLogger(__name__)
 
+
 # -- the value cache ----------------------------------------------------
 class ValueCache:
     """Descriptions (value, value_type, min, max, ...) of SIMPLON config values.
@@ -335,24 +336,31 @@ class EigerController:
 
     def _passthrough(self, name: str, args: List[str], write: bool) -> str:
         """A SIMPLON detector name the table does not list (e.g. threshold/1/energy)."""
-        if params.VALID_NAME.match(name):
-            try:
-                for task in ("config", "status"):
-                    if name in self.keys("detector", task):
-                        row = Param(name, "passthrough", "RW" if task == "config" else "R",
-                                    "ALL", "", subsystem="detector", task=task)
-                        if write and task != "config":
-                            raise ParameterError(f"'{name}' is a detector status value "
-                                                 "and read-only")
-                        if write:
-                            return format_value(self._write_simplon(row, name, name, args))
-                        return format_value(self._read_simplon(row, name))
-            except DetectorError:
-                pass                      # fall through to "unknown"
+        task = self._detector_task_of(name) if params.VALID_NAME.match(name) else None
+        if task is not None:
+            # Only the look-up may fail quietly: the DCU's own refusal of a
+            # value must reach spec as it is.
+            row = Param(name, "passthrough", "RW" if task == "config" else "R",
+                        "ALL", "", subsystem="detector", task=task)
+            if write and task != "config":
+                raise ParameterError(f"'{name}' is a detector status value and read-only")
+            if write:
+                return format_value(self._write_simplon(row, name, name, args))
+            return format_value(self._read_simplon(row, name))
         hint = params.closest(name)
         raise UnknownParameter(f"unknown parameter '{name}'"
                                + (f"; did you mean '{hint}'?" if hint else
                                   "; see the parameter table in 'help eiger'"))
+
+    def _detector_task_of(self, name: str) -> Optional[str]:
+        """"config" or "status" if the DCU lists ``name`` there, else None."""
+        try:
+            for task in ("config", "status"):
+                if name in self.keys("detector", task):
+                    return task
+        except DetectorError:
+            pass                          # no DCU to ask: the name is unknown
+        return None
 
     # -- used by commands.py ---------------------------------------------
     def image_geometry(self) -> Tuple[str, int, int]:

@@ -33,7 +33,6 @@ import logging
 import os
 import re
 import shutil
-import threading
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import unquote
 
@@ -95,7 +94,6 @@ class FileTransfers:
         self.ctrl = ctrl
         self.auto_delete = False
         self._list_via: Optional[str] = None       # "status" or "files", once known
-        self._stop = threading.Event()
 
     # -- auto_delete -----------------------------------------------------
     def get_auto_delete(self, *args: str) -> bool:
@@ -194,13 +192,10 @@ class FileTransfers:
         return f"{len(names)} file{'s' if len(names) != 1 else ''} deleted from the DCU"
 
     # -- transfer --------------------------------------------------------
-    def stop(self) -> None:
-        """Make a running transfer give up at its next chunk."""
-        self._stop.set()
-
     def _stopping(self) -> bool:
+        """The server is shutting down: a running transfer gives up at its next chunk."""
         jobs = getattr(self.ctrl, "jobs", None)
-        return self._stop.is_set() or bool(getattr(jobs, "stopping", False))
+        return bool(getattr(jobs, "stopping", False))
 
     def _check_stop(self, message: str) -> None:
         if self._stopping():
@@ -211,7 +206,6 @@ class FileTransfers:
 
         Without one, the files of the current prefix. Returns a summary.
         """
-        self._stop.clear()
         pattern = " ".join(args).strip() or self.default_pattern()
         names = self._select(pattern, "transfer")
         directory = self.ctrl.settings.data_directory

@@ -108,11 +108,6 @@ class Payload:
 Event = Union[Request, Payload]
 
 
-def format_bool(value: Any) -> str:
-    """``1`` for a true value, ``0`` for a false one."""
-    return "1" if value else "0"
-
-
 @dataclass
 class Reply:
     """What the server answers to one request.
@@ -133,11 +128,6 @@ class Reply:
     def value(cls, value: Any) -> "Reply":
         """A success reply carrying ``format_value(value)``."""
         return cls(True, format_value(value))
-
-    @classmethod
-    def error(cls, text: str) -> "Reply":
-        """An error reply."""
-        return cls(False, text)
 
 
 def array_reply(array: Any, with_type: bool = True) -> Reply:

@@ -105,10 +105,6 @@ class StreamReceiver:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def reset_counters(self) -> None:
-        self.lost = self.duplicates = self.stale = self.errors = 0
-        self.last_errors.clear()
-
     # -- the thread ---------------------------------------------------------
     def _run(self) -> None:
         sock = None

@@ -171,13 +171,6 @@ class SimplonClient:
             f"versions {', '.join(KNOWN_VERSIONS)}; give one with --simplon-version",
             url=url)
 
-    def reset_version(self) -> None:
-        """Forget the version (the DCU may have been replaced or restarted)."""
-        self._version = None
-
-    def version_at_least(self, major: int, minor: int) -> bool:
-        return version_tuple(self.version)[:2] >= (major, minor)
-
     # -- parameters -----------------------------------------------------
     def get(self, subsystem: str, task: str, name: str,
             timeout: Optional[float] = None) -> Dict[str, Any]:

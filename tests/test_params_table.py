@@ -255,3 +255,12 @@ def test_max_trigger_is_the_dcu_limit(controller):
     assert int(controller.get("max_trigger")) == int(limit)
     with pytest.raises(ParameterError, match="maximum"):
         controller.set("ntrigger", [str(int(limit) + 1)])
+
+
+def test_a_dcu_refusal_of_a_passed_through_name_reaches_spec(controller, fake_dcu):
+    if controller.version.startswith("1.6"):
+        pytest.skip("threshold/1/energy exists from SIMPLON 1.8 on")
+    from eiger_server.errors import DetectorError
+    fake_dcu.model.faults.update({"error500": {"threshold/1/energy": "threshold out of calibration"}})
+    with pytest.raises(DetectorError, match="threshold out of calibration"):
+        controller.set("threshold/1/energy", ["5000"])
