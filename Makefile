@@ -30,7 +30,7 @@ test: venv
 	$(PY) -m pytest -q
 
 demo: venv
-	$(PY) -m eiger_server.demo
+	$(PY) -m eiger_server.app.demo
 
 bench: venv
 	$(PY) bench/run.py

@@ -54,9 +54,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from eiger_server import decoders, imageproc  # noqa: E402
-from eiger_server.fakedcu.params import MODELS  # noqa: E402
-from eiger_server.tiffsave import save_tiff  # noqa: E402
+from eiger_server.formats import decode
+from eiger_server.stream import imageproc  # noqa: E402
+from eiger_server.fakedcu.device.definitions import MODELS  # noqa: E402
+from eiger_server.storage.tiff import save_tiff  # noqa: E402
 
 ALL_MODES = ("null", "sum", "roi", "tiff", "hdf5-raw")
 CORES = os.cpu_count() or 1
@@ -71,8 +72,8 @@ def _source_main(conn: Any, model: str, bits: int, version: str, data_dir: str) 
     """Child process: a fake DCU with the precompressed cache, driven by ``conn``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from eiger_server.fakedcu.app import FakeDCUApp
-    from eiger_server.fakedcu.frames import SyntheticSource
-    from eiger_server.fakedcu.replay import PrecompressedCache
+    from eiger_server.fakedcu.sources.synthetic import SyntheticSource
+    from eiger_server.fakedcu.sources.replay import PrecompressedCache
     cache = PrecompressedCache(SyntheticSource(), "bslz4", n=16)
     app = FakeDCUApp(api="1.8.0", model=model, source=cache, data_dir=data_dir)
     app.start()
@@ -193,9 +194,9 @@ class Sink:
 
     def __init__(self, endpoint: str, version: str, mode: str, *, depth: int, lossless: bool,
                  outdir: str, workers: int = CORES) -> None:
-        from eiger_server.hdf5raw import Hdf5RawWriter
-        from eiger_server.receiver import StreamReceiver
-        from eiger_server.tiffsave import TiffSaver
+        from eiger_server.storage.hdf5raw import Hdf5RawWriter
+        from eiger_server.stream.receiver import StreamReceiver
+        from eiger_server.storage.tiff import TiffSaver
         self.mode = mode
         self.lossless = lossless
         self.outdir = outdir
@@ -207,7 +208,7 @@ class Sink:
         self.t_first: Optional[float] = None
         self.t_last = 0.0
         self.ended = threading.Event()
-        self.samples: List[decoders.Encoded] = []
+        self.samples: List[decode.Encoded] = []
         self._count_lock = threading.Lock()
         self.writer = Hdf5RawWriter(1000) if mode == "hdf5-raw" else None
         self.saver = TiffSaver(depth, 1 << 30, name="bench-saver") if mode == "hdf5-raw" else None
@@ -233,13 +234,13 @@ class Sink:
 
     # -- receiver thread ---------------------------------------------------
     def _on_event(self, event: Any) -> None:
-        from eiger_server.streamevents import ImageMessage, SeriesEnd, SeriesHeader
+        from eiger_server.formats.stream_events import ImageMessage, SeriesEnd, SeriesHeader
         if isinstance(event, ImageMessage):
             if self.t_first is None:
                 self.t_first = time.perf_counter()
             if len(self.samples) < 16:
                 enc = event.channels["threshold_1"]
-                self.samples.append(decoders.Encoded(bytes(enc.data), enc.encoding, enc.shape,
+                self.samples.append(decode.Encoded(bytes(enc.data), enc.encoding, enc.shape,
                                                      enc.dtype, enc.elem_size, enc.v2))
             if self.mode == "null":
                 self._done(0)
@@ -295,7 +296,7 @@ class Sink:
             nbytes = 0
             if self.mode == "roi":
                 for r0, r1, c0, c1 in rois_for(*enc.shape):
-                    rows = decoders.decode_rows(enc, r0, r1)
+                    rows = decode.decode_rows(enc, r0, r1)
                     nbytes += rows.nbytes
                     imageproc.masked_sum(rows[:, c0:c1 + 1])
             else:
@@ -325,7 +326,7 @@ class Sink:
             time.sleep(0.01)
 
 
-def decode_limit(samples: List[decoders.Encoded], seconds: float = 1.0) -> float:
+def decode_limit(samples: List[decode.Encoded], seconds: float = 1.0) -> float:
     """frames/s of one thread decoding ``samples`` in a loop (dectris-compression)."""
     if not samples:
         return float("nan")
@@ -340,8 +341,8 @@ def decode_limit(samples: List[decoders.Encoded], seconds: float = 1.0) -> float
 
 def verify_hdf5(outdir: str, model: str, bits: int, count: int = 24) -> str:
     """Read the HDF5RAW files back and compare frames with what the source sent."""
-    from eiger_server.fakedcu.frames import SyntheticSource
-    from eiger_server.hdf5raw import read_frames
+    from eiger_server.fakedcu.sources.synthetic import SyntheticSource
+    from eiger_server.storage.hdf5raw import read_frames
     masters = sorted(Path(outdir).glob("*_master.h5"))
     if not masters:
         return "no file"
@@ -404,7 +405,7 @@ def _free_port() -> int:
 
 def control_path(scratch: str, seconds: float = 6.0, points: int = 20) -> Dict[str, Any]:
     """get state latency while a 1M streams at its max rate; scan-point overhead."""
-    from eiger_server.client import WireClient
+    from eiger_server.wire.client import WireClient
     model, bits = "1M", 16
     width, height, max_rate = MODELS[model]
     source = Source(model, bits, "V1")

@@ -32,8 +32,8 @@ import tifffile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from eiger_server import tiffsave  # noqa: E402
-from eiger_server.client import WireClient  # noqa: E402
+from eiger_server.storage import tiff as tiffsave  # noqa: E402
+from eiger_server.wire.client import WireClient  # noqa: E402
 from eiger_server.fakedcu.app import FakeDCUApp  # noqa: E402
 
 MiB = 1024 * 1024

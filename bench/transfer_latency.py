@@ -20,7 +20,7 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the filters the DCU's files use)
 import numpy as np
 
-from eiger_server.client import WireClient
+from eiger_server.wire.client import WireClient
 from eiger_server.fakedcu.app import FakeDCUApp
 
 

@@ -1,6 +1,6 @@
 """``python -m eiger_server``: the server's command line."""
 import sys
 
-from .cli import main
+from eiger_server.app.cli import main
 
 sys.exit(main())

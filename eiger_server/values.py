@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ParameterError
+from eiger_server.errors import ParameterError
 
 TRUE_WORDS = {"1", "true", "yes", "on", "enabled", "enable"}
 FALSE_WORDS = {"0", "false", "no", "off", "disabled", "disable"}

@@ -41,8 +41,8 @@ build/eiger_server: mk/spec.mk | venv
 
 eiger_help: help/eiger help/eiger.html
 
-# The parameter table comes from the server's own table (eiger_server/params.py).
-help/params_table.rst: eiger_server/params.py tools/gen_param_table.py | venv
+# The parameter table comes from the server's own table (eiger_server/control/table.py).
+help/params_table.rst: eiger_server/control/table.py tools/gen_param_table.py | venv
 	$(PY) tools/gen_param_table.py -o $@
 
 help/eiger: $(SPEC_HELP_SOURCES) | venv

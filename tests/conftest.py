@@ -59,7 +59,7 @@ def controller_options(app, **overrides) -> SimpleNamespace:
 @pytest.fixture
 def controller(fake_dcu, tmp_path):
     """An EigerController in this process, talking to the fake DCU over HTTP."""
-    from eiger_server.controller import EigerController
+    from eiger_server.control.controller import EigerController
     ctrl = EigerController(controller_options(fake_dcu))
     data = tmp_path / "data"
     ctrl.set("data_directory", [str(data)])

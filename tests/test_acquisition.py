@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import requests
 
-from eiger_server.commands import CommandHandler
+from eiger_server.control.commands import CommandHandler
 from eiger_server.errors import EigerError, ParameterError
-from eiger_server.protocol import Request
+from eiger_server.wire.protocol import Request
 
 from helpers import wait_for
 
@@ -67,7 +67,7 @@ def test_a_new_preset_or_used_up_triggers_arm_again(controller, spy):
 
 
 def test_accumulation_plan():
-    from eiger_server.acquisition import Acquisition
+    from eiger_server.control.acquisition import Acquisition
     acq = Acquisition(ctrl=None)
     assert acq.plan(1.0) == (1, 1.0)
     acq.set_acq_mode("accum")
@@ -187,7 +187,7 @@ def test_preset_programs_the_series_a_scan_arms(controller, spy):
 def test_server_names_answer_without_a_detector(tmp_path):
     from types import SimpleNamespace
 
-    from eiger_server.controller import EigerController
+    from eiger_server.control.controller import EigerController
     from eiger_server.errors import DetectorError
     from helpers import free_port
     options = SimpleNamespace(dcu_host="127.0.0.1", dcu_port=free_port(), simplon_version=None,
@@ -208,7 +208,7 @@ def test_server_names_answer_without_a_detector(tmp_path):
 @pytest.mark.parametrize("address", ["a/b", "x@y", "host?q=1", "10.0.0.1:80", "h#x"])
 def test_a_detector_address_cannot_change_the_url(address):
     from eiger_server.errors import DetectorError
-    from eiger_server.simplon import SimplonClient, check_host
+    from eiger_server.simplon.rest import SimplonClient, check_host
     with pytest.raises(DetectorError, match="not a host name or IP address"):
         check_host(address)
     with pytest.raises(DetectorError):

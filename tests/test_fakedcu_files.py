@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from eiger_server.fakedcu.filewriter import FileWriterStore
+from eiger_server.fakedcu.stores.filewriter import FileWriterStore
 from eiger_server.fakedcu.interfaces import Frame, SeriesEnd, SeriesStart
-from eiger_server.fakedcu.monitor import MonitorStore
+from eiger_server.fakedcu.stores.monitor_store import MonitorStore
 
 WIDTH, HEIGHT = 40, 30
 

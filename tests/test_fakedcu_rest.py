@@ -15,8 +15,8 @@ import pytest
 import requests
 
 from eiger_server.fakedcu import FakeDCUApp
-from eiger_server.fakedcu.frames import default_pixel_mask, frame_counter
-from eiger_server.fakedcu.params import MODELS
+from eiger_server.fakedcu.sources.synthetic import default_pixel_mask, frame_counter
+from eiger_server.fakedcu.device.definitions import MODELS
 
 APIS = ["1.6.0", "1.8.0"]
 HC = 12398.4198
@@ -555,7 +555,7 @@ def test_command_line_runs_until_sigterm():
 # ------------------------------------------------------------ frame sources
 
 def test_synthetic_frames_are_reproducible_and_distinct():
-    from eiger_server.fakedcu.frames import make_source
+    from eiger_server.fakedcu.sources.synthetic import make_source
     src = make_source("synthetic")
     a = src.frame(5, 1028, 1062, np.dtype(np.uint16), ["threshold_1"])["threshold_1"]
     b = src.frame(5, 1028, 1062, np.dtype(np.uint16), ["threshold_1"])["threshold_1"]
@@ -571,8 +571,8 @@ def test_synthetic_frames_are_reproducible_and_distinct():
 
 
 def test_precompressed_source_fills_frame_encoded(tmp_path):
-    from eiger_server.fakedcu.frames import SyntheticSource
-    from eiger_server.fakedcu.replay import PrecompressedCache
+    from eiger_server.fakedcu.sources.synthetic import SyntheticSource
+    from eiger_server.fakedcu.sources.replay import PrecompressedCache
     source = PrecompressedCache(SyntheticSource(), "bslz4", n=2)
     with FakeDCUApp(api="1.8.0", model="500K", source=source, streams=False) as app:
         dcu = Rest(app)

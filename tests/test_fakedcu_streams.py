@@ -23,11 +23,11 @@ import pytest
 import zmq
 from cbor2 import CBORTag
 
-from eiger_server.fakedcu.encode import compress, lz4_hdf5_single_block, v1_encoding
+from eiger_server.formats.encode import compress, lz4_hdf5_single_block, v1_encoding
 from eiger_server.fakedcu.interfaces import Frame, SeriesEnd, SeriesStart
-from eiger_server.fakedcu.replay import (CborReplaySource, Hdf5ReplaySource,
+from eiger_server.fakedcu.sources.replay import (CborReplaySource, Hdf5ReplaySource,
                                          PrecompressedCache, push_capture)
-from eiger_server.fakedcu.streams import StreamV1Adapter, StreamV2Adapter
+from eiger_server.fakedcu.adapters.streams import StreamV1Adapter, StreamV2Adapter
 
 # shared/ lies beside the clone (<clone>/../shared), as for tests/test_params_table.py
 CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dectris-stream2"

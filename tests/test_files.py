@@ -25,7 +25,7 @@ import pytest
 
 from conftest import controller_options
 from helpers import ServerProcess, acquire, wait_for
-from eiger_server.controller import EigerController
+from eiger_server.control.controller import EigerController
 from eiger_server.errors import Busy, DataError
 from eiger_server.fakedcu.app import FakeDCUApp
 
@@ -287,7 +287,7 @@ def test_delete_by_pattern_and_unknown_names(controller):
                                   "x;rm.h5", "*/*"])
 def test_names_that_could_escape_are_refused(name, tmp_path, monkeypatch):
     ctrl = EigerController.__new__(EigerController)   # no DCU needed: refused before
-    from eiger_server.files import FileTransfers
+    from eiger_server.control.transfers import FileTransfers
     files = FileTransfers(ctrl)
     monkeypatch.setattr(files, "get_files", lambda *a: ["../escape.h5", "ok.h5"])
     for call in (files.do_transfer, files.do_delete, files.get_filelist):
@@ -296,7 +296,7 @@ def test_names_that_could_escape_are_refused(name, tmp_path, monkeypatch):
 
 
 def test_dcu_names_outside_the_safe_set_are_refused(tmp_path, monkeypatch):
-    from eiger_server.files import FileTransfers
+    from eiger_server.control.transfers import FileTransfers
     files = FileTransfers(EigerController.__new__(EigerController))
     monkeypatch.setattr(files, "get_files", lambda *a: ["../../etc/passwd_master.h5"])
     with pytest.raises(DataError, match="refused"):
@@ -362,7 +362,7 @@ def test_full_disk_gives_a_clear_error(big_dcu, small_fs, tmp_path, monkeypatch)
         answer = wait_job(ctrl)
         assert "the disk is full" in answer and "bytes but only" in answer, answer
         # The free-space check passes (as if space had looked free): the write itself fails.
-        import eiger_server.files as files_module
+        import eiger_server.control.transfers as files_module
         monkeypatch.setattr(files_module.shutil, "disk_usage",
                             lambda path: shutil._ntuple_diskusage(1 << 40, 0, 1 << 40))
         ctrl.set("transfer", ["small_data_000001.h5"])
@@ -406,7 +406,7 @@ def test_state_answers_fast_during_a_200mb_transfer(big_dcu, tmp_path):
 def test_over_the_wire_transfer_and_kill_midway(big_dcu, proxy, tmp_path):
     """eiger_server as a process: a transfer keeps the protocol answering; killing the
     server midway leaves no file under its final name."""
-    from eiger_server.client import WireClient
+    from eiger_server.wire.client import WireClient
     args = ["-a", "127.0.0.1", "-P", str(proxy.port)]   # the REST API through the proxy
     data = tmp_path / "wire-data"
     proxy.rate = 50e6                              # ~4 s for the 200 MB file

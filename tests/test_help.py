@@ -2,7 +2,7 @@
 
 help/eiger.rst is rendered with tools/rst2spechelp.py (spec's plain-text help
 format, and HTML) with docutils stopping on any warning.  Its parameter
-tables must list exactly the rows of eiger_server.params.TABLE (name, mode,
+tables must list exactly the rows of eiger_server.control.table.TABLE (name, mode,
 versions), every option of ``eiger_server --help`` must be documented, and
 so must every macro the macro checker requires.
 """
@@ -20,7 +20,7 @@ import docutils.utils
 import pytest
 from docutils import nodes
 
-from eiger_server.params import TABLE
+from eiger_server.control.table import TABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 RST = ROOT / "help" / "eiger.rst"

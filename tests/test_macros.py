@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from eiger_server.params import lookup
+from eiger_server.control.table import lookup
 
 ROOT = Path(__file__).resolve().parent.parent
 MACROS = ROOT / "macros" / "eiger.mac"
@@ -158,7 +158,7 @@ def test_checker_reports_line_numbers():
     assert messages == [
         "line 1: '{' in the body of a is never closed (add '}')",
         "line 4: image_par name 'no_such_name' is not in the server's parameter table "
-        "(see eiger_server/params.py)",
+        "(see eiger_server/control/table.py)",
     ]
 
 

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from helpers import acquire, wait_for
-from eiger_server.darray import decode_darray
+from eiger_server.formats.darray import decode_darray
 from eiger_server.errors import DataError, NotSupported, ParameterError
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from eiger_server import params
+from eiger_server.control import table
 from eiger_server.values import format_value
 from eiger_server.errors import (EigerError, NotSupported, ParameterError, UnknownParameter)
 
@@ -44,16 +44,16 @@ def test_every_requirement_name_is_in_the_table_with_its_access_and_version():
     rows = requirement_rows()
     assert len(rows) >= 140, "the requirements table was not parsed"
     for name, mode, ver in rows:
-        row = params.lookup(name)
-        assert row is not None, f"{name} missing from params.TABLE"
+        row = table.lookup(name)
+        assert row is not None, f"{name} missing from table.TABLE"
         assert row.access == mode, f"{name}: access {row.access}, requirements say {mode}"
         assert row.versions == ver, f"{name}: versions {row.versions}, requirements say {ver}"
 
 
 def test_table_names_are_unique_and_well_formed():
-    names = params.names()
+    names = table.names()
     assert len(names) == len(set(names))
-    for row in params.TABLE:
+    for row in table.TABLE:
         assert row.access in ("R", "RW", "W", "--"), row
         assert row.doc, f"{row.name} has no meaning for the help page"
         assert (row.local is None) or (row.subsystem is None), row
@@ -66,14 +66,14 @@ def test_table_names_are_unique_and_well_formed():
 ])
 def test_version_column_decides_availability(version, expected):
     for name in expected:
-        assert params.lookup(name).available_in(version), (name, version)
+        assert table.lookup(name).available_in(version), (name, version)
     other = "1.8.0" if version == "1.6.0" else "1.6.0"
     for name in expected:
-        assert not params.lookup(name).available_in(other), (name, other)
+        assert not table.lookup(name).available_in(other), (name, other)
 
 
 def _rows(predicate):
-    return [pytest.param(row, id=row.name) for row in params.TABLE if predicate(row)]
+    return [pytest.param(row, id=row.name) for row in table.TABLE if predicate(row)]
 
 
 @pytest.mark.parametrize("row", _rows(lambda r: r.unsupported is not None))
@@ -100,7 +100,7 @@ def test_simplon_value_rows_read_or_name_the_version_they_need(controller, fake_
     if row.task == "config" and row.name not in ("pixel_mask_applied",):
         # The answer is the device's own value (read from the fake DCU's model,
         # not through the REST client), in spec's notation.
-        key = row.simplon_key(controller.version, params.pattern_number(row, name))
+        key = row.simplon_key(controller.version, table.pattern_number(row, name))
         value = fake_dcu.model.get(row.subsystem, "config", key)["value"]
         if row.conv == "enabled":
             value = value == "enabled"

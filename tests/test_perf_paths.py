@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eiger_server import decoders, imageproc
-from eiger_server.decoders import DecodeError, Encoded, decode_rows
-from eiger_server.fakedcu.encode import compress
-from eiger_server.hdf5raw import Hdf5RawWriter, read_frames
-from eiger_server.streamv2 import parse as parse_v2
-from eiger_server.tiffsave import TiffSaver
+from eiger_server.formats import decode
+from eiger_server.stream import imageproc
+from eiger_server.formats.decode import DecodeError, Encoded, decode_rows
+from eiger_server.formats.encode import compress
+from eiger_server.storage.hdf5raw import Hdf5RawWriter, read_frames
+from eiger_server.formats.stream_v2 import parse as parse_v2
+from eiger_server.storage.tiff import TiffSaver
 
 # shared/ lies beside the clone (<clone>/../shared), as for tests/test_params_table.py
 CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dectris-stream2"
@@ -46,7 +47,7 @@ def test_partial_roi_decode_equals_full_decode_then_slice(dtype, shape):
 def test_partial_decode_reads_only_the_blocks_it_needs():
     image = np.arange(64 * 1024, dtype=np.uint16).reshape(64, 1024)
     blob = compress(image, "bslz4")
-    sub, first, n = decoders.bslz4_block_range(blob, 10 * 1024, 11 * 1024, 2)
+    sub, first, n = decode.bslz4_block_range(blob, 10 * 1024, 11 * 1024, 2)
     # 4096 elements per 8192-byte block: rows 10 are in block 2 alone
     assert (first, n) == (8192, 4096)
     assert len(sub) < len(blob) / 4
@@ -182,8 +183,8 @@ def test_stream_handler_hdf5raw_save_mode_drops_and_counts_when_saving_is_behind
     """The handler's HDF5RAW autosave goes through the bounded queue."""
     from types import SimpleNamespace
 
-    from eiger_server.stream import StreamHandler
-    from eiger_server.streamevents import ImageMessage
+    from eiger_server.stream.handler import StreamHandler
+    from eiger_server.formats.stream_events import ImageMessage
 
     ctrl = SimpleNamespace(options=SimpleNamespace(queue_depth=2, stream_workers=1),
                            settings=SimpleNamespace(data_directory=str(tmp_path), prefix="s$id"),

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from eiger_server.client import WireClient
-from eiger_server.logsetup import CLIENT, PROGRESS, setup_logging, vlog
-from eiger_server.options import ServerOptions, parse_args
-from eiger_server.process import LockFile, pid_alive
+from eiger_server.wire.client import WireClient
+from eiger_server.app.logsetup import CLIENT, PROGRESS, setup_logging, vlog
+from eiger_server.app.options import ServerOptions, parse_args
+from eiger_server.app.process import LockFile, pid_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 30.0
@@ -231,7 +231,7 @@ def test_kill_escalates_to_sigkill(setup, pids):
     stubborn = subprocess.Popen(
         [sys.executable, "-c",
          "import signal, sys, time\n"
-         "from eiger_server.process import LockFile\n"
+         "from eiger_server.app.process import LockFile\n"
          "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
          f"LockFile({str(lock)!r}).acquire()\n"
          "print('locked', flush=True)\n"
@@ -313,7 +313,7 @@ def test_lock_file_in_process(tmp_path):
         assert path.read_text().strip() == str(os.getpid()) and lock.held
         other = subprocess.run(
             [sys.executable, "-c",
-             "import sys\nfrom eiger_server.process import LockFile, AlreadyRunning\n"
+             "import sys\nfrom eiger_server.app.process import LockFile, AlreadyRunning\n"
              f"try:\n    LockFile({str(path)!r}).acquire()\nexcept AlreadyRunning as e:\n"
              "    print(e.pid)\n    sys.exit(3)\n"],
             cwd=ROOT, capture_output=True, text=True, timeout=30)

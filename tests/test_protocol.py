@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 
-from eiger_server.protocol import (TYPES, ClientConnection, Payload, Reply, Request,
+from eiger_server.wire.protocol import (TYPES, ClientConnection, Payload, Reply, Request,
                                    ServerConnection, array_reply, format_value, one_d_payload,
                                    payload_size, wire_type_for)
 
@@ -65,7 +65,7 @@ def test_retransmission_split_across_reads():
 ])
 def test_malformed_lines_give_no_event(line, caplog):
     conn = ServerConnection()
-    with caplog.at_level(logging.DEBUG, logger="eiger_server.protocol"):
+    with caplog.at_level(logging.DEBUG, logger="eiger_server.wire.protocol"):
         events = conn.receive_data(line + b"=: 2 get state\n")
     assert events == [Request(2, "get", ["state"])]
     assert conn.rejected == 1
@@ -96,7 +96,7 @@ def test_address_argument_is_removed():
 
 def test_long_line_is_discarded_without_buffering(caplog):
     conn = ServerConnection(max_line=1000)
-    with caplog.at_level(logging.WARNING, logger="eiger_server.protocol"):
+    with caplog.at_level(logging.WARNING, logger="eiger_server.wire.protocol"):
         events = conn.receive_data(b"=: 1 set x " + b"y" * 5000)
         assert events == []
         assert conn.buffered <= 1000

@@ -18,8 +18,8 @@ import pytest
 import requests
 import tifffile
 
-from eiger_server import tiffsave
-from eiger_server.client import WireClient, WireError
+from eiger_server.storage import tiff
+from eiger_server.wire.client import WireClient, WireError
 from eiger_server.fakedcu.app import FakeDCUApp
 from helpers import ServerProcess, hello_ok, server_args_for, wait_for
 
@@ -300,10 +300,10 @@ def test_stream_faults_are_counted_logged_and_survived(dcu, server, client, tmp_
     # What was saved is what arrived intact, each a complete image.
     files = wait_for(lambda: sorted(data.glob("faulty_*.tif")) if len(
         list(data.glob("faulty_*.tif"))) == len(good) else None, 10, what="the saved images")
-    frames = sorted(tiffsave.read_metadata(str(p))["frame"] for p in files)
+    frames = sorted(tiff.read_metadata(str(p))["frame"] for p in files)
     assert frames == good
     for path in files:
-        number = tiffsave.read_metadata(str(path))["frame"]
+        number = tiff.read_metadata(str(path))["frame"]
         np.testing.assert_array_equal(tifffile.imread(path), frame(dcu, number))
     # The receiver thread lives on: the next series is whole.
     adapter.faults.clear()

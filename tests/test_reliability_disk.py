@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from eiger_server import tiffsave
-from eiger_server.client import WireClient, WireError
+from eiger_server.storage import tiff
+from eiger_server.wire.client import WireClient, WireError
 from eiger_server.fakedcu.app import FakeDCUApp
 from helpers import ServerProcess, server_args_for, wait_for
 from test_reliability_dcu import configure, frame, status, stream_setup
@@ -68,7 +68,7 @@ def client(dcu, tmp_path):
 
 def assert_complete_tiffs(app: FakeDCUApp, paths: List[Path]) -> None:
     for path in paths:
-        number = tiffsave.read_metadata(str(path))["frame"]
+        number = tiff.read_metadata(str(path))["frame"]
         np.testing.assert_array_equal(tifffile.imread(path), frame(app, number))
 
 

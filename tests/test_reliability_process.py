@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from eiger_server.client import WireClient
+from eiger_server.wire.client import WireClient
 from eiger_server.fakedcu.app import FakeDCUApp
-from eiger_server.process import pid_alive
+from eiger_server.app.process import pid_alive
 from helpers import ROOT, ServerProcess, hello_ok, server_args_for, wait_for
 from test_files import Proxy, make_big_h5
 

@@ -16,10 +16,10 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from eiger_server import params
-from eiger_server.client import WireClient
+from eiger_server.control import table
+from eiger_server.wire.client import WireClient
 from eiger_server.fakedcu.app import FakeDCUApp
-from eiger_server.protocol import ClientConnection, Response
+from eiger_server.wire.protocol import ClientConnection, Response
 from helpers import ServerProcess, hello_ok, server_args_for, wait_for
 
 IMAGE_ROWS, IMAGE_COLS = 514, 1030          # the fake 500K
@@ -362,7 +362,7 @@ def junk_line(rnd: random.Random) -> bytes:
 def test_fuzz_ten_thousand_requests(rig):
     app, server = rig
     rnd = random.Random(20240611)
-    names = [row.name for row in params.TABLE if row.name not in _FUZZ_SKIP]
+    names = [row.name for row in table.TABLE if row.name not in _FUZZ_SKIP]
     names = [n.replace("/n", "/1") for n in names]
     raw = Raw(server.port, timeout=30)
     n, busy, errors, started = 10_000, 0, 0, time.monotonic()

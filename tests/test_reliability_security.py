@@ -18,7 +18,7 @@ from typing import List
 import numpy as np
 import pytest
 
-from eiger_server.client import WireClient, WireError
+from eiger_server.wire.client import WireClient, WireError
 from eiger_server.fakedcu.app import FakeDCUApp
 from helpers import ROOT, ServerProcess, server_args_for, wait_for
 from test_reliability_dcu import configure, status, stream_setup

@@ -14,15 +14,17 @@ import numpy as np
 import pytest
 import zmq
 
-from eiger_server import files as files_module
-from eiger_server import paths, streamv1, streamv2
-from eiger_server.decoders import Encoded
+from eiger_server.control import transfers
+from eiger_server.storage import paths
+from eiger_server.formats import stream_v1
+from eiger_server.formats import stream_v2
+from eiger_server.formats.decode import Encoded
 from eiger_server.errors import DataError
-from eiger_server.hdf5raw import Hdf5RawWriter, read_frames
-from eiger_server.receiver import StreamReceiver
-from eiger_server.stream import StreamHandler
-from eiger_server.streamevents import ImageMessage, SeriesEnd, StreamErrorEvent
-from eiger_server.tiffsave import TiffSaver
+from eiger_server.storage.hdf5raw import Hdf5RawWriter, read_frames
+from eiger_server.stream.receiver import StreamReceiver
+from eiger_server.stream.handler import StreamHandler
+from eiger_server.formats.stream_events import ImageMessage, SeriesEnd, StreamErrorEvent
+from eiger_server.storage.tiff import TiffSaver
 import helpers
 from helpers import acquire, wait_for
 
@@ -105,8 +107,8 @@ _FULL_DISK = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, sys.argv[2])
     from test_review_stream_fixes import StubController, raw
-    from eiger_server.stream import StreamHandler
-    from eiger_server.streamevents import ImageMessage, SeriesEnd
+    from eiger_server.stream.handler import StreamHandler
+    from eiger_server.formats.stream_events import ImageMessage, SeriesEnd
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     handler = StreamHandler(StubController(sys.argv[1]))
     handler._start_pipeline()
@@ -210,12 +212,12 @@ def _image_message(series, frame, names, image):
 def test_bad_channel_names_are_stream_errors():
     image = np.ones((3, 4), np.uint16)
     for name in ("x/../../..", "../x", "a b", "", "th\x00", "ü"):
-        event = streamv2.parse([_image_message(1, 0, [name, "threshold_1"], image)])
+        event = stream_v2.parse([_image_message(1, 0, [name, "threshold_1"], image)])
         assert isinstance(event, StreamErrorEvent) and event.frame == 0, name
         assert "channel name" in event.message
     start = cbor2.dumps({"type": "start", "series_id": 1, "channels": ["ok", "../no"]})
-    assert isinstance(streamv2.parse([start]), StreamErrorEvent)
-    good = streamv2.parse([_image_message(1, 0, ["threshold_1", "difference"], image)])
+    assert isinstance(stream_v2.parse([start]), StreamErrorEvent)
+    good = stream_v2.parse([_image_message(1, 0, ["threshold_1", "difference"], image)])
     assert isinstance(good, ImageMessage) and list(good.channels) == ["threshold_1", "difference"]
 
 
@@ -286,7 +288,7 @@ def test_transfer_syncs_the_directory_before_deleting_on_the_dcu(controller, mon
     def broken(path):
         events.append(("sync", path))
         raise OSError(5, "Input/output error")
-    monkeypatch.setattr(files_module.paths, "fsync_dir", broken)
+    monkeypatch.setattr(transfers.paths, "fsync_dir", broken)
     monkeypatch.setattr(ctrl.simplon, "delete_data",
                         lambda name: (events.append(("delete", name)), real_delete(name)))
     with pytest.raises(DataError, match="nothing was deleted from the DCU"):
@@ -295,7 +297,7 @@ def test_transfer_syncs_the_directory_before_deleting_on_the_dcu(controller, mon
     assert set(names) <= set(ctrl.files.get_files())
 
     events.clear()
-    monkeypatch.setattr(files_module.paths, "fsync_dir",
+    monkeypatch.setattr(transfers.paths, "fsync_dir",
                         lambda path: (events.append(("sync", path)), real_sync(path)))
     assert "deleted from the DCU" in ctrl.files.do_transfer()
     first_delete = next(i for i, e in enumerate(events) if e[0] == "delete")
@@ -321,13 +323,13 @@ def test_resolve_user_path_and_expand_id(tmp_path):
 
 
 def test_stream_time_and_buffer_helpers_are_shared():
-    from eiger_server import streamevents
-    assert streamv1.seconds is streamv2.seconds is streamevents.seconds
-    assert streamevents.seconds([1, 4]) == 0.25
-    assert streamevents.seconds(3) == 3.0
-    assert streamevents.seconds(2_000_000_000, 1e-9) == pytest.approx(2.0)
-    assert streamevents.seconds("x") is None and streamevents.seconds([1, 0]) is None
-    assert bytes(streamevents.buffer(b"ab")) == b"ab"
+    from eiger_server.formats import stream_events
+    assert stream_v1.seconds is stream_v2.seconds is stream_events.seconds
+    assert stream_events.seconds([1, 4]) == 0.25
+    assert stream_events.seconds(3) == 3.0
+    assert stream_events.seconds(2_000_000_000, 1e-9) == pytest.approx(2.0)
+    assert stream_events.seconds("x") is None and stream_events.seconds([1, 0]) is None
+    assert bytes(stream_events.buffer(b"ab")) == b"ab"
 
 
 # -- 8. shutdown: the writer stays the saver thread's; dropped saves are counted ------------

@@ -13,7 +13,7 @@ from typing import Callable, List
 import numpy as np
 import pytest
 
-from eiger_server.client import WireClient
+from eiger_server.wire.client import WireClient
 from helpers import ServerProcess, server_args_for, wait_for
 
 WIDTH, HEIGHT = 1030, 514            # the fake 500K

@@ -10,10 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from eiger_server.client import WireClient, WireError
-from eiger_server.logsetup import CLIENT
-from eiger_server.protocol import ClientConnection, Reply, Request, array_reply, payload_size
-from eiger_server.server import HardwareServer
+from eiger_server.wire.client import WireClient, WireError
+from eiger_server.app.logsetup import CLIENT
+from eiger_server.wire.protocol import ClientConnection, Reply, Request, array_reply, payload_size
+from eiger_server.wire.server import HardwareServer
 
 IMAGE = (np.arange(6 * 7, dtype=np.uint32) * 65537).reshape(6, 7)
 
@@ -321,7 +321,7 @@ def test_client_that_never_reads_does_not_block_others(handler, caplog):
     try:
         lazy = Raw(srv.port)
         flood = b"".join(b"=: %d hello\n" % i for i in range(1, 3001))  # ~190 MiB of answers
-        with caplog.at_level(logging.WARNING, logger="eiger_server.server"):
+        with caplog.at_level(logging.WARNING, logger="eiger_server.wire.server"):
             lazy.send(flood)
             with WireClient("127.0.0.1", srv.port, 30) as reader:
                 for i in range(20):
@@ -404,7 +404,7 @@ def test_stop_frees_the_port(handler):
 # ------------------------------------------------------------------ logging
 
 def test_requests_and_replies_are_logged_at_client_level(server, caplog):
-    with caplog.at_level(CLIENT, logger="eiger_server.server"):
+    with caplog.at_level(CLIENT, logger="eiger_server.wire.server"):
         with WireClient("127.0.0.1", server.port, 5) as c:
             c.command("echo", "hi")
             with pytest.raises(WireError):

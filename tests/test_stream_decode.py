@@ -21,11 +21,14 @@ import tifffile
 import zmq
 from dectris import compression as dectris_compression
 
-from eiger_server import imageproc, streamv1, streamv2, tiffsave
-from eiger_server.decoders import DecodeError, decode, decode_v2, typed_array_dtype
+from eiger_server.stream import imageproc
+from eiger_server.formats import stream_v1
+from eiger_server.formats import stream_v2
+from eiger_server.storage import tiff
+from eiger_server.formats.decode import DecodeError, decode, decode_v2, typed_array_dtype
 from eiger_server.errors import DataError
-from eiger_server.receiver import StreamReceiver
-from eiger_server.streamevents import ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent
+from eiger_server.stream.receiver import StreamReceiver
+from eiger_server.formats.stream_events import ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent
 from helpers import StubController
 
 # shared/ lies beside the clone (<clone>/../shared), as for tests/test_params_table.py
@@ -84,7 +87,7 @@ def test_real_captures_decode_like_dectris_compression(folder):
     files = sorted(capture(folder).glob("*.cbor"))
     assert len(files) == 11
     for number, path in enumerate(files[:10]):
-        event = streamv2.parse([path.read_bytes()])
+        event = stream_v2.parse([path.read_bytes()])
         assert isinstance(event, ImageMessage), event
         assert (event.series, event.frame) == (1, number)
         assert list(event.channels) == CHANNELS
@@ -93,12 +96,12 @@ def test_real_captures_decode_like_dectris_compression(folder):
             image = encoded.decode(f"{path.name} {name}")
             assert image.dtype == dtype and image.shape == (514, 1030)
             np.testing.assert_array_equal(image, expected[name])
-    end = streamv2.parse([files[10].read_bytes()])
+    end = stream_v2.parse([files[10].read_bytes()])
     assert isinstance(end, SeriesEnd) and end.series == 1
 
 
 def test_capture_times_and_user_data():
-    event = streamv2.parse([(capture("r500k_bm_bslz4_16bit") / "000002.cbor").read_bytes()])
+    event = stream_v2.parse([(capture("r500k_bm_bslz4_16bit") / "000002.cbor").read_bytes()])
     assert event.start_time == pytest.approx(0.02)
     assert event.real_time == pytest.approx(999995 / 50000000)
     assert event.unique_id
@@ -160,7 +163,7 @@ def test_v2_plain_and_big_endian_typed_arrays():
         "threshold_1": cbor2.CBORTag(40, [[3, 4], cbor2.CBORTag(69, image.tobytes())]),
         "threshold_2": cbor2.CBORTag(40, [[3, 4], cbor2.CBORTag(65, image.byteswap().tobytes())]),
     }}
-    event = streamv2.parse([cbor2.dumps(cbor2.CBORTag(55799, message))])
+    event = stream_v2.parse([cbor2.dumps(cbor2.CBORTag(55799, message))])
     assert isinstance(event, ImageMessage)
     for encoded in event.channels.values():
         np.testing.assert_array_equal(encoded.decode(), image)
@@ -168,8 +171,8 @@ def test_v2_plain_and_big_endian_typed_arrays():
 
 def test_v2_tag_hook_both_calling_conventions():
     tag = cbor2.CBORTag(56500, ["lz4", 0, b"xyz"])
-    new_style = streamv2.tag_hook(tag, False)
-    old_style = streamv2.tag_hook(object(), tag)
+    new_style = stream_v2.tag_hook(tag, False)
+    old_style = stream_v2.tag_hook(object(), tag)
     assert new_style == old_style
     assert new_style.algorithm == "lz4" and new_style.data == b"xyz"
 
@@ -178,9 +181,9 @@ def test_v2_garbage_becomes_error_event():
     for parts in ([b"\xff\x00garbage"], [cbor2.dumps({"type": "image", "series_id": 1,
                                                        "image_id": 2, "data": {"x": 5}})],
                   [cbor2.dumps([1, 2])], [b"a", b"b"]):
-        event = streamv2.parse(parts)
+        event = stream_v2.parse(parts)
         assert isinstance(event, StreamErrorEvent), parts
-    bad = streamv2.parse([cbor2.dumps({"type": "image", "series_id": 1, "image_id": 2,
+    bad = stream_v2.parse([cbor2.dumps({"type": "image", "series_id": 1, "image_id": 2,
                                        "data": {"x": 5}})])
     assert (bad.series, bad.frame) == (1, 2)
 
@@ -222,21 +225,21 @@ def v1_end(series):
 
 
 def test_v1_parse_messages():
-    header = streamv1.parse(v1_header(4, appendix='{"user": 1}'))
+    header = stream_v1.parse(v1_header(4, appendix='{"user": 1}'))
     assert isinstance(header, SeriesHeader)
     assert header.series == 4 and header.nimages == 3 and header.appendix == {"user": 1}
     assert header.config["count_time"] == 0.1
     image = np.arange(20, dtype=np.uint16).reshape(4, 5)
-    event = streamv1.parse(v1_image(4, 2, image, appendix="hello"))
+    event = stream_v1.parse(v1_image(4, 2, image, appendix="hello"))
     assert isinstance(event, ImageMessage)
     assert (event.series, event.frame, event.appendix) == (4, 2, "hello")
     assert event.start_time == pytest.approx(1e-6)
     np.testing.assert_array_equal(event.channels["threshold_1"].decode(), image)
-    assert isinstance(streamv1.parse(v1_end(4)), SeriesEnd)
+    assert isinstance(stream_v1.parse(v1_end(4)), SeriesEnd)
     for parts in ([b"not json"], [b'{"htype": "dsomething"}'], [],
                   [json.dumps({"htype": "dimage-1.0", "series": 1, "frame": 0}).encode()]):
-        assert isinstance(streamv1.parse(parts), StreamErrorEvent)
-    all_detail = streamv1.parse(v1_header(5, "all") + [b"{}", b"\0" * 8] * 3 + [b"app"])
+        assert isinstance(stream_v1.parse(parts), StreamErrorEvent)
+    all_detail = stream_v1.parse(v1_header(5, "all") + [b"{}", b"\0" * 8] * 3 + [b"app"])
     assert all_detail.appendix == "app"
 
 
@@ -405,23 +408,23 @@ def test_save_tiff_metadata_unique_names_and_suffix(tmp_path):
     image = np.arange(30, dtype=np.uint32).reshape(5, 6)
     meta = {"series": 3, "frame": 7, "count_time": 0.5, "energy": 8041.0,
             "thresholds": {"threshold_1": 4020.5}}
-    first = tiffsave.save_tiff(str(tmp_path / "img"), image, meta)
+    first = tiff.save_tiff(str(tmp_path / "img"), image, meta)
     assert first == str(tmp_path / "img.tif")
     np.testing.assert_array_equal(tifffile.imread(first), image)
-    assert tiffsave.read_metadata(first) == meta
-    second = tiffsave.save_tiff(str(tmp_path / "img.tif"), image + 1, meta, overwrite=False)
-    third = tiffsave.save_tiff(str(tmp_path / "img.tif"), image + 2, meta, overwrite=False)
+    assert tiff.read_metadata(first) == meta
+    second = tiff.save_tiff(str(tmp_path / "img.tif"), image + 1, meta, overwrite=False)
+    third = tiff.save_tiff(str(tmp_path / "img.tif"), image + 2, meta, overwrite=False)
     assert (os.path.basename(second), os.path.basename(third)) == ("img-img001.tif",
                                                                    "img-img002.tif")
     np.testing.assert_array_equal(tifffile.imread(first), image)
-    tiffsave.save_tiff(first, image + 5, meta, overwrite=True)
+    tiff.save_tiff(first, image + 5, meta, overwrite=True)
     np.testing.assert_array_equal(tifffile.imread(first), image + 5)
 
 
 def test_failed_save_leaves_no_file(tmp_path):
     bad = np.array([[object()]], dtype=object)
     with pytest.raises(Exception):
-        tiffsave.save_tiff(str(tmp_path / "broken.tif"), bad, {})
+        tiff.save_tiff(str(tmp_path / "broken.tif"), bad, {})
     assert os.listdir(tmp_path) == []
 
 
@@ -429,17 +432,17 @@ def test_save_disk_error_says_what_failed(tmp_path):
     blocker = tmp_path / "plainfile"
     blocker.write_text("x")
     with pytest.raises(DataError, match="failed"):
-        tiffsave.save_tiff(str(blocker / "x.tif"), np.zeros((2, 2), np.uint8), {})
+        tiff.save_tiff(str(blocker / "x.tif"), np.zeros((2, 2), np.uint8), {})
 
 
 def test_tiff_names():
-    assert tiffsave.tiff_name("/d", "scan_$id", 12) == "/d/scan_12.tif"
-    assert tiffsave.tiff_name("/d", "p", 1, 7, "threshold_2") == "/d/p_0007_threshold_2.tif"
-    assert tiffsave.tiff_name("/d", "/tmp/x.tif", 1) == "/tmp/x.tif"
+    assert tiff.tiff_name("/d", "scan_$id", 12) == "/d/scan_12.tif"
+    assert tiff.tiff_name("/d", "p", 1, 7, "threshold_2") == "/d/p_0007_threshold_2.tif"
+    assert tiff.tiff_name("/d", "/tmp/x.tif", 1) == "/tmp/x.tif"
 
 
 def test_saver_refuses_when_full_and_runs_in_order():
-    saver = tiffsave.TiffSaver(depth=2)
+    saver = tiff.TiffSaver(depth=2)
     gate = __import__("threading").Event()
     order = []
     try:
@@ -457,7 +460,7 @@ def test_saver_refuses_when_full_and_runs_in_order():
 
 # -- the handler in-process, with the real captures pushed over ZeroMQ --------------------------
 def test_handler_v2_three_channels_autosave_and_accumulation(push, tmp_path):
-    from eiger_server.stream import StreamHandler
+    from eiger_server.stream.handler import StreamHandler
     sock, endpoint = push
     port = int(endpoint.rsplit(":", 1)[1])
     ctrl = StubController(tmp_path, port, prefix="eiger_$id",
@@ -484,7 +487,7 @@ def test_handler_v2_three_channels_autosave_and_accumulation(push, tmp_path):
             for name in CHANNELS:
                 path = tmp_path / f"cap_1_{index:04d}_{name}.tif"
                 np.testing.assert_array_equal(tifffile.imread(path), expected[index][name])
-        meta = tiffsave.read_metadata(str(tmp_path / "cap_1_0003_difference.tif"))
+        meta = tiff.read_metadata(str(tmp_path / "cap_1_0003_difference.tif"))
         assert meta["series"] == 1 and meta["frame"] == 3 and meta["channel"] == "difference"
         assert meta["count_time"] == 0.02
         assert handler.get_latest_file().endswith("cap_1_0003_threshold_1.tif")
@@ -518,7 +521,7 @@ def test_handler_v2_three_channels_autosave_and_accumulation(push, tmp_path):
 
 
 def test_handler_roi_errors_and_read_not_ready(tmp_path):
-    from eiger_server.stream import StreamHandler
+    from eiger_server.stream.handler import StreamHandler
     ctrl = StubController(tmp_path, 1, {("stream", "mode"): "disabled"}, prefix="eiger_$id")
     handler = StreamHandler(ctrl)
     try:

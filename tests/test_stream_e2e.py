@@ -17,7 +17,7 @@ import pytest
 import requests
 import tifffile
 
-from eiger_server import tiffsave
+from eiger_server.storage import tiff
 from helpers import wait_for
 
 DTYPES = {8: np.uint8, 16: np.uint16, 32: np.uint32}
@@ -107,7 +107,7 @@ def test_trigger_n_images_saved_and_summed(controller, fake_dcu, version, depth,
         pixels = tifffile.imread(path)
         assert pixels.dtype == DTYPES[depth]
         np.testing.assert_array_equal(pixels, frames["threshold_1"])
-    meta = tiffsave.read_metadata(files[-1])
+    meta = tiff.read_metadata(files[-1])
     assert meta["series"] == series and meta["frame"] == n - 1
     assert meta["count_time"] == pytest.approx(float(ctrl.get("count_time")))
     assert meta["energy"] == pytest.approx(float(ctrl.get("photon_energy")))
@@ -161,7 +161,7 @@ def test_accumulation_of_four_images_is_their_sum(controller, fake_dcu, version)
     files = saved_files(ctrl.get("data_directory"), "acc*.tif")
     assert len(files) == 1
     np.testing.assert_array_equal(tifffile.imread(files[0]), total)
-    assert tiffsave.read_metadata(files[0])["nframes"] == 4
+    assert tiff.read_metadata(files[0])["nframes"] == 4
 
 
 @pytest.mark.parametrize("api", ["1.8.0"])
@@ -181,7 +181,7 @@ def test_v2_all_thresholds_one_tiff_per_channel(controller, fake_dcu):
         for channel in CHANNELS3:
             path = os.path.join(directory, f"multi_{index:04d}_{channel}.tif")
             np.testing.assert_array_equal(tifffile.imread(path), frames[channel])
-            assert tiffsave.read_metadata(path)["channel"] == channel
+            assert tiff.read_metadata(path)["channel"] == channel
     assert len(saved_files(directory, "multi*.tif")) == 6
 
 
@@ -192,7 +192,7 @@ def test_frame_lost_in_transit_is_counted_and_named(controller, fake_dcu, versio
     setup_stream(ctrl, app, version, 16, "bslz4", nimages=4, prefix="lost")
     adapter = app.stream_v1 if version == "V1" else app.stream_v2
     adapter.faults.drop.add(1)
-    caplog.set_level(logging.WARNING, logger="eiger_server.receiver")
+    caplog.set_level(logging.WARNING, logger="eiger_server.stream.receiver")
     ctrl.set("arm")
     series = ctrl.get("seqid")
     ctrl.set("trigger")
@@ -252,7 +252,7 @@ def test_save_command_and_overwrite_rule(controller, fake_dcu):
 
 # -- over the wire: eiger_server as spec runs it ---------------------------------------------
 def _server_has_stream_options() -> bool:
-    from eiger_server.options import build_parser
+    from eiger_server.app.options import build_parser
     try:
         build_parser().parse_args(["--stream-port", "1", "--stream2-port", "2"])
     except SystemExit:
@@ -265,7 +265,7 @@ def _server_has_stream_options() -> bool:
 @pytest.mark.parametrize("api", ["1.8.0"])
 @pytest.mark.parametrize("version", ["V1", "V2"])
 def test_over_the_wire(server, fake_dcu, tmp_path, version):
-    from eiger_server.client import WireClient
+    from eiger_server.wire.client import WireClient
     app = fake_dcu
     data = tmp_path / "wire"
     with WireClient("127.0.0.1", server.port) as client:

@@ -14,7 +14,7 @@ import hdf5plugin  # noqa: F401  (the DCU's files are bslz4 compressed)
 import numpy as np
 import pytest
 
-from eiger_server.client import WireClient
+from eiger_server.wire.client import WireClient
 from helpers import ServerProcess, server_args_for, wait_for
 
 NIMAGES = 2

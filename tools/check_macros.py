@@ -8,7 +8,7 @@ quoted strings with backslash escapes, braces and parentheses), opens every
 * unterminated strings and unbalanced braces/parentheses/brackets;
 * required macros that no ``def``/``rdef`` defines;
 * names passed literally to ``image_par(unit, "name" ...)`` that the server's
-  parameter table (``eiger_server.params.lookup``) does not know.
+  parameter table (``eiger_server.control.table.lookup``) does not know.
 
 Run it as ``python tools/check_macros.py macros/eiger.mac``: exit status 0
 when the file is clean, 1 with one message per problem otherwise.
@@ -242,7 +242,7 @@ def _default_lookup() -> Callable[[str], object]:
     root = Path(__file__).resolve().parent.parent
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    from eiger_server.params import lookup  # noqa: E402 (path set just above)
+    from eiger_server.control.table import lookup  # noqa: E402 (path set just above)
     return lookup
 
 
@@ -261,7 +261,7 @@ def check_text(text: str, required: Iterable[str] = REQUIRED_MACROS,
             continue
         if not name or lookup(name) is None:
             messages.append(f"line {line}: image_par name {name!r} is not in the "
-                            "server's parameter table (see eiger_server/params.py)")
+                            "server's parameter table (see eiger_server/control/table.py)")
     return messages
 
 

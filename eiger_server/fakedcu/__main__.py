@@ -11,8 +11,8 @@ import sys
 import threading
 from typing import List, Optional
 
-from .app import FakeDCUApp
-from .params import API_VERSIONS, MODELS
+from eiger_server.fakedcu.app import FakeDCUApp
+from eiger_server.fakedcu.device.definitions import API_VERSIONS, MODELS
 
 
 def _parser() -> argparse.ArgumentParser:

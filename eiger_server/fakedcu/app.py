@@ -5,10 +5,10 @@ import logging
 from pathlib import Path
 from typing import Any, List, Optional, Union
 
-from .frames import make_source
-from .http import FakeDCUHTTPServer
-from .interfaces import FrameSource
-from .model import FakeDCU
+from eiger_server.fakedcu.sources.synthetic import make_source
+from eiger_server.fakedcu.adapters.http import FakeDCUHTTPServer
+from eiger_server.fakedcu.interfaces import FrameSource
+from eiger_server.fakedcu.device.model import FakeDCU
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class FakeDCUApp:
         started: List[Any] = []
         try:
             if self._streams_wanted:
-                from .streams import StreamV1Adapter, StreamV2Adapter
+                from eiger_server.fakedcu.adapters.streams import StreamV1Adapter, StreamV2Adapter
                 self.stream_v1 = StreamV1Adapter(self.model, self.host, stream_port)
                 self.stream_v2 = StreamV2Adapter(self.model, self.host, stream2_port)
                 for adapter in (self.stream_v1, self.stream_v2):

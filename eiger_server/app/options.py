@@ -1,0 +1,194 @@
+"""Command-line options of eiger_server."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+from typing import List, Optional, Sequence
+
+from eiger_server import __version__
+
+PROGRAM = "eiger_server"
+FAKE_APIS = ("1.6.0", "1.8.0")
+
+
+def default_lockfile(port: int) -> str:
+    """Where the lock file of the instance serving ``port`` lives by default."""
+    return f"/tmp/{PROGRAM}-{port}.lock"
+
+
+def default_logfile(port: int) -> str:
+    """The log file of a daemonized instance without ``-l``."""
+    return f"/tmp/{PROGRAM}-{port}.log"
+
+
+@dataclass
+class ServerOptions:
+    """Everything the command line can set.
+
+    ``dcu_host`` is None when ``-a`` was not given: the server still starts
+    and ``config`` reports that no detector address is known.
+    """
+
+    dcu_host: Optional[str] = None
+    dcu_port: int = 80
+    port: int = 5000
+    bind: str = ""
+    daemon: bool = False
+    kill: bool = False
+    logfile: Optional[str] = None
+    lockfile: Optional[str] = None
+    verbosity: int = 1
+    show_version: bool = False
+    rotation: int = 0
+    flipv: bool = False
+    fliph: bool = False
+    fake_dcu: bool = False
+    fake_api: str = "1.8.0"
+    fake_model: str = "1M"
+    simplon_version: Optional[str] = None
+    http_timeout: float = 5.0
+    stream_port: int = 9999
+    stream2_port: int = 31001
+    queue_depth: int = 64
+
+    @property
+    def lock_path(self) -> str:
+        """The lock file in effect (``-L`` or the default for the port)."""
+        return self.lockfile or default_lockfile(self.port)
+
+    @property
+    def log_path(self) -> Optional[str]:
+        """The log file in effect: ``-l``, the default when daemonized, or
+        None for standard output."""
+        if self.logfile:
+            return self.logfile
+        return default_logfile(self.port) if self.daemon else None
+
+
+_DESCRIPTION = """\
+Serve a DECTRIS EIGER detector to spec over spec's server_hdw protocol.
+spec normally starts this program itself with -p, -d and -a taken from its
+configuration; run it by hand to test, to stop a daemonized instance (-k) or
+to ask the detector for its SIMPLON version (-V)."""
+
+_EPILOG = """\
+examples:
+  eiger_server -a 192.168.48.110 -p 5000 -v 2      serve in the foreground
+  eiger_server -p 5000 -k                         stop the instance on port 5000
+  eiger_server -V -a 192.168.48.110 -P 80         print the SIMPLON version
+  eiger_server --fake-dcu --fake-api 1.6.0 -p 5001  serve a simulated detector"""
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is outside 0-65535")
+    return value
+
+
+def _verbosity(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"verbosity {text!r} is not a number 1-4") from None
+    if not 1 <= value <= 4:
+        raise argparse.ArgumentTypeError(f"verbosity {value} is outside 1-4")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{value} is outside 1-1000000")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the timeout must be positive")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of eiger_server."""
+    p = argparse.ArgumentParser(prog=PROGRAM, description=_DESCRIPTION, epilog=_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    det = p.add_argument_group("detector")
+    det.add_argument("-a", dest="dcu_host", metavar="HOST",
+                     help="address or host name of the detector's DCU (spec passes its ADDR field)")
+    det.add_argument("-P", dest="dcu_port", type=_port, default=80, metavar="PORT",
+                     help="HTTP port of the DCU (default 80)")
+    det.add_argument("--timeout", dest="http_timeout", type=_seconds, default=5.0,
+                     metavar="SECONDS", help="time limit of one request to the DCU (default 5)")
+    det.add_argument("--simplon-version", metavar="X.Y.Z",
+                     help="use this SIMPLON API version instead of asking the detector")
+    det.add_argument("--stream-port", dest="stream_port", type=_port, default=9999,
+                     metavar="PORT", help="the DCU's stream V1 (legacy) port (default 9999)")
+    det.add_argument("--stream2-port", dest="stream2_port", type=_port, default=31001,
+                     metavar="PORT", help="the DCU's stream V2 (CBOR) port (default 31001)")
+    det.add_argument("--queue-depth", dest="queue_depth", type=_count, default=64,
+                     metavar="N", help="frames buffered between the stream and its "
+                     "processing; past it frames are dropped and counted (default 64)")
+    det.add_argument("-V", dest="show_version", action="store_true",
+                     help="print the detector's SIMPLON API version and exit (needs -a)")
+
+    srv = p.add_argument_group("server")
+    srv.add_argument("-p", dest="port", type=_port, default=5000, metavar="PORT",
+                     help="TCP port spec connects to (default 5000)")
+    srv.add_argument("--bind", default="", metavar="ADDRESS",
+                     help="listen on this local address only (default: all interfaces)")
+    srv.add_argument("-d", dest="daemon", action="store_true",
+                     help="run in the background; log to /tmp/eiger_server-PORT.log unless -l")
+    srv.add_argument("-k", dest="kill", action="store_true",
+                     help="stop the instance serving PORT, remove its lock file and exit")
+    srv.add_argument("-l", dest="logfile", metavar="FILE",
+                     help="write the log to FILE (default: standard output)")
+    srv.add_argument("-L", dest="lockfile", metavar="FILE",
+                     help="lock file holding the server's pid (default /tmp/eiger_server-PORT.lock)")
+    srv.add_argument("-v", dest="verbosity", type=_verbosity, default=1, metavar="N",
+                     help="log detail: 1 basic, 2 + client messages, 3 + acquisition progress, "
+                          "4 + debugging (default 1)")
+    srv.add_argument("--version", action="version", version=f"{PROGRAM} {__version__}")
+
+    img = p.add_argument_group("image orientation (applied to images read through the stream)")
+    img.add_argument("-r", "--rotate", "--rotate90", dest="rotation", action="store_const",
+                     const=90, default=0, help="rotate images 90 degrees clockwise")
+    img.add_argument("--rotate180", dest="rotation", action="store_const", const=180,
+                     help="rotate images 180 degrees")
+    img.add_argument("--rotate270", dest="rotation", action="store_const", const=270,
+                     help="rotate images 270 degrees clockwise")
+    img.add_argument("--flipv", action="store_true", help="flip images top to bottom")
+    img.add_argument("--fliph", action="store_true", help="flip images left to right")
+
+    fake = p.add_argument_group("simulation")
+    fake.add_argument("--fake-dcu", action="store_true",
+                      help="start a simulated DCU inside the server and use it instead of -a")
+    fake.add_argument("--fake-api", choices=FAKE_APIS, default="1.8.0",
+                      help="SIMPLON API version the simulated DCU speaks (default 1.8.0)")
+    fake.add_argument("--fake-model", default="1M", metavar="MODEL",
+                      help="detector model the simulated DCU pretends to be (default 1M)")
+    return p
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> ServerOptions:
+    """Parse a command line (``sys.argv[1:]`` when None) into options.
+
+    Bad options print a usage message and raise SystemExit(2).
+    """
+    ns = build_parser().parse_args(None if argv is None else list(argv))
+    # Every dataclass field has an argparse destination of the same name.
+    return ServerOptions(**{f.name: getattr(ns, f.name) for f in fields(ServerOptions)})
+
+
+__all__: List[str] = ["ServerOptions", "parse_args", "build_parser", "default_lockfile",
+                      "default_logfile", "PROGRAM"]

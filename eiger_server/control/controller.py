@@ -1,0 +1,380 @@
+"""EigerController: what spec's image_par reaches.
+
+``get``/``set`` look a name up in the image_par table (table.py). SIMPLON rows
+go to the DCU through the REST client, with a cache so values are programmed
+only when they change; local rows call a component method by convention:
+
+* access R/RW: ``component.get_<attr>(*args)`` and ``component.set_<attr>(*args)``
+* access ``--`` (command): ``component.do_<attr>(*args)`` on get and on set
+* ``background=True``: the call runs on the job runner (jobs.py)
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import platform
+import sys
+import threading
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from eiger_server.control import table
+from eiger_server import __version__
+from eiger_server.errors import DetectorError, NotSupported, ParameterError, UnknownParameter
+from eiger_server.control.table import Param
+from eiger_server.simplon.rest import SimplonClient, version_tuple
+from eiger_server.values import format_value, one_arg, parse_bool, parse_number
+from eiger_server.wire.protocol import wire_type_for
+
+log = logging.getLogger(__name__)
+
+
+# -- the value cache ----------------------------------------------------
+class ValueCache:
+    """Descriptions (value, value_type, min, max, ...) of SIMPLON config values.
+
+    A PUT answers with the names it changed; those are dropped so the next
+    use reads them again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._data: Dict[Tuple[str, str], Dict[str, Any]] = {}
+
+    def get(self, subsystem: str, key: str) -> Optional[Dict[str, Any]]:
+        with self._lock:
+            return self._data.get((subsystem, key))
+
+    def put(self, subsystem: str, key: str, description: Dict[str, Any]) -> None:
+        with self._lock:
+            self._data[(subsystem, key)] = description
+
+    def drop(self, subsystem: str, keys: Sequence[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._data.pop((subsystem, key), None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+# -- small local components --------------------------------------------
+class Settings:
+    """Where files go: data_directory and the prefix shared with the filewriter."""
+
+    def __init__(self, ctrl: "EigerController") -> None:
+        self.ctrl = ctrl
+        self._lock = threading.Lock()
+        # A daemon runs in "/": an explicit, writable default until spec sets one.
+        self.data_directory = "/tmp"
+        self.prefix = "eiger_$id"
+
+    def get_data_directory(self) -> str:
+        return self.data_directory
+
+    def set_data_directory(self, *args: str) -> str:
+        path = os.path.expanduser(one_arg(args, "data_directory"))
+        if not os.path.isabs(path):
+            # Relative to what? The server may be a daemon running in "/".
+            raise ParameterError(f"data_directory: '{path}' is not an absolute path; give "
+                                 "the full path (e.g. from spec's DATA_DIR)")
+        path = os.path.normpath(path)
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ParameterError(f"data_directory: '{path}' exists and is not a directory")
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise ParameterError(f"data_directory: cannot create '{path}': {exc.strerror}; "
+                                 "choose a directory you can write") from None
+        if not os.access(path, os.W_OK):
+            raise ParameterError(f"data_directory: '{path}' is not writable; "
+                                 "choose a directory you can write")
+        with self._lock:
+            self.data_directory = path
+        return path
+
+    def get_prefix(self) -> str:
+        return self.prefix
+
+    def set_prefix(self, *args: str) -> str:
+        prefix = one_arg(args, "prefix")
+        if "/" in prefix or prefix in (".", "..") or "\x00" in prefix:
+            raise ParameterError(f"prefix: '{prefix}' must be a plain file name "
+                                 "(no '/'); set data_directory for the folder")
+        # The prefix doubles as the FileWriter's name_pattern.
+        self.ctrl.write_config("filewriter", "name_pattern", prefix)
+        with self._lock:
+            self.prefix = prefix
+        return prefix
+
+
+class ServerInfo:
+    """server_version, simplon_version and kill."""
+
+    def __init__(self, ctrl: "EigerController") -> None:
+        self.ctrl = ctrl
+
+    def get_version(self) -> str:
+        return (f"eiger_server {__version__} (Python {platform.python_version()}, "
+                f"{sys.executable})")
+
+    def get_simplon_version(self) -> str:
+        return self.ctrl.simplon.version
+
+    def do_kill(self, *args: str) -> str:
+        self.ctrl.shutdown_requested = True
+        return "ok"
+
+
+# -- the controller -------------------------------------------------------
+class EigerController:
+    """The detector as spec sees it; owns every component."""
+
+    def __init__(self, options: Any, simplon: Optional[SimplonClient] = None) -> None:
+        self.options = options
+        self.simplon = simplon or SimplonClient(
+            getattr(options, "dcu_host", None) or "",
+            getattr(options, "dcu_port", 80),
+            version=getattr(options, "simplon_version", None),
+            timeout=getattr(options, "http_timeout", 5.0))
+        self.cache = ValueCache()
+        self.shutdown_requested = False
+        self._keys: Dict[Tuple[str, str], List[str]] = {}
+        # Components; imported here so a broken optional part names itself.
+        from eiger_server.control.acquisition import Acquisition
+        from eiger_server.stream.handler import StreamHandler
+        from eiger_server.control.transfers import FileTransfers
+        from eiger_server.control.monitor_images import MonitorImages
+        from eiger_server.control.pixel_masks import PixelMasks
+        from eiger_server.control.jobs import JobRunner
+        self.settings = Settings(self)
+        self.server = ServerInfo(self)
+        self.jobs = JobRunner(self)
+        self.acq = Acquisition(self)
+        self.stream = StreamHandler(self)
+        self.files = FileTransfers(self)
+        self.monitor = MonitorImages(self)
+        self.masks = PixelMasks(self)
+
+    def close(self) -> None:
+        for component in (self.stream, self.jobs, self.acq):
+            try:
+                component.close()
+            except Exception:                       # closing must not raise
+                log.exception("closing %s", type(component).__name__)
+
+    # -- versions -------------------------------------------------------
+    @property
+    def version(self) -> str:
+        return self.simplon.version
+
+    def version_at_least(self, major: int, minor: int) -> bool:
+        return version_tuple(self.version)[:2] >= (major, minor)
+
+    # -- SIMPLON with the cache -----------------------------------------
+    def describe(self, subsystem: str, key: str, fresh: bool = False) -> Dict[str, Any]:
+        """The DCU's description of a config value, cached."""
+        if not fresh:
+            cached = self.cache.get(subsystem, key)
+            if cached is not None:
+                return cached
+        description = self.simplon.get(subsystem, "config", key)
+        self.cache.put(subsystem, key, description)
+        return description
+
+    def config_value(self, key: str, subsystem: str = "detector") -> Any:
+        """A config value, from the cache when possible (for hot paths)."""
+        return self.describe(subsystem, key).get("value")
+
+    def write_config(self, subsystem: str, key: str, value: Any, force: bool = False) -> bool:
+        """PUT a config value unless the DCU already has it; True if sent."""
+        if not force:
+            cached = self.cache.get(subsystem, key)
+            if cached is not None and _same(cached.get("value"), value):
+                return False
+        changed = self.simplon.set_config(subsystem, key, value)
+        self.cache.drop(subsystem, list(changed) + [key])
+        self.on_config_changed(subsystem, [key, *changed])
+        return True
+
+    def on_config_changed(self, subsystem: str, keys: Sequence[str]) -> None:
+        """Anything that changes the series makes the next count arm again."""
+        self.acq.config_changed(subsystem, keys)
+
+    def keys(self, subsystem: str, task: str) -> List[str]:
+        cache_key = (subsystem, task)
+        if cache_key not in self._keys:
+            self._keys[cache_key] = self.simplon.keys(subsystem, task)
+        return self._keys[cache_key]
+
+    def forget_detector(self) -> None:
+        """After a restart/reboot/initialize: cached values may all be stale."""
+        self.cache.clear()
+        self._keys.clear()
+
+    # -- image_par --------------------------------------------------------
+    def get(self, name: str, args: Sequence[str] = ()) -> str:
+        """``get name [args]``: read a value or run a command."""
+        return self._dispatch(name, list(args), write=False)
+
+    def set(self, name: str, args: Sequence[str] = ()) -> str:
+        """``set name value [args]``: write a value or run a command."""
+        return self._dispatch(name, list(args), write=True)
+
+    def _dispatch(self, name: str, args: List[str], write: bool) -> str:
+        row = table.lookup(name)
+        if row is None:
+            return self._passthrough(name, args, write)
+        if row.unsupported:
+            raise NotSupported(f"'{name}': {row.unsupported}")
+        # Rows of every version need no version (the DCU may not be reachable).
+        if row.versions != "ALL" and not row.available_in(self.version):
+            raise ParameterError(
+                f"'{name}' needs {row.version_text()}, but the detector runs SIMPLON "
+                f"{self.version}")
+        if write and not row.writable:
+            raise ParameterError(f"'{name}' is read-only; use image_par(unit, \"{name}\") "
+                                 "to read it")
+        if not write and not row.readable:
+            raise ParameterError(f"'{name}' is write-only")
+        if row.background:
+            self.jobs.start(name, lambda: self._run_row(row, name, args, write))
+            return "started"
+        return format_value(self._run_row(row, name, args, write))
+
+    def _run_row(self, row: Param, name: str, args: List[str], write: bool) -> Any:
+        if row.local:
+            return self._call_local(row, args, write)
+        if row.is_command:
+            key = row.simplon_key(self.version) or row.name
+            value = None
+            if args:
+                value = parse_number(args[0], name) if len(args) == 1 else " ".join(args)
+            answer = self.simplon.command(row.subsystem, key, value)
+            if row.subsystem == "system" or key == "initialize":
+                self.forget_detector()
+            return answer
+        number = table.pattern_number(row, name)
+        key = row.simplon_key(self.version, number)
+        if key is None:
+            raise ParameterError(f"'{name}' is not available with SIMPLON {self.version}")
+        if write:
+            return self._write_simplon(row, name, key, args)
+        return self._read_simplon(row, key)
+
+    def _call_local(self, row: Param, args: List[str], write: bool) -> Any:
+        component_name, attr = row.local.split(".", 1)
+        component = getattr(self, component_name)
+        if row.is_command:
+            method = "do_" + attr
+        else:
+            method = ("set_" if write else "get_") + attr
+        handler: Callable[..., Any] = getattr(component, method)
+        try:
+            inspect.signature(handler).bind(*args)
+        except TypeError:
+            raise ParameterError(f"'{row.name}' does not take {len(args)} argument(s) "
+                                 f"({' '.join(args) or 'none given'}); see 'help eiger'"
+                                 ) from None
+        return handler(*args)
+
+    def _read_simplon(self, row: Param, key: str) -> Any:
+        if row.task == "config":
+            description = self.describe(row.subsystem, key, fresh=True)
+        else:
+            description = self.simplon.get(row.subsystem, row.task, key)
+        return self.from_dcu(row, description.get("value"))
+
+    def from_dcu(self, row: Param, value: Any) -> Any:
+        if row.conv == "enabled":
+            return 1 if str(value).lower() == "enabled" else 0
+        if row.conv == "bool":
+            return bool(value)
+        return value
+
+    def _write_simplon(self, row: Param, name: str, key: str, args: List[str]) -> Any:
+        # spec's own set compares with the DCU's value now, not the cache: a DCU
+        # that restarted is back at its defaults and the cache would skip the PUT.
+        description = self.describe(row.subsystem, key, fresh=True)
+        value = self.to_dcu(row, name, args, description)
+        self.write_config(row.subsystem, key, value)
+        return self._read_simplon(row, key)
+
+    def to_dcu(self, row: Param, name: str, args: List[str],
+               description: Dict[str, Any]) -> Any:
+        """Convert spec's text to the value the DCU takes, checking it first."""
+        text = one_arg(args, f"set {name}")
+        if row.conv == "enabled":
+            return "enabled" if parse_bool(text, name) else "disabled"
+        value_type = description.get("value_type", "string")
+        if row.conv == "bool" or value_type == "bool":
+            return parse_bool(text, name)
+        if row.conv == "str" or value_type in ("string", "date"):
+            value: Any = text
+        elif value_type in ("int", "uint"):
+            value = parse_number(text, name, integer=True)
+            if value_type == "uint" and value < 0:
+                raise ParameterError(f"{name}: {text} is negative; it must be 0 or more")
+        elif value_type == "float":
+            value = parse_number(text, name)
+        elif value_type.endswith("[]"):
+            value = text.split()
+        else:
+            raise ParameterError(f"'{name}' ({value_type}) cannot be set from spec")
+        allowed = description.get("allowed_values")
+        if allowed and value not in allowed:
+            raise ParameterError(f"{name}: '{text}' is not allowed; choose one of "
+                                 f"{', '.join(str(a) for a in allowed)}")
+        low, high = description.get("min"), description.get("max")
+        if isinstance(value, (int, float)):
+            if low is not None and value < low:
+                raise ParameterError(f"{name}: {text} is below the minimum {format_value(low)}")
+            if high is not None and value > high:
+                raise ParameterError(f"{name}: {text} is above the maximum {format_value(high)}")
+        return value
+
+    def _passthrough(self, name: str, args: List[str], write: bool) -> str:
+        """A SIMPLON detector name the table does not list (e.g. threshold/1/energy)."""
+        task = self._detector_task_of(name) if table.VALID_NAME.match(name) else None
+        if task is not None:
+            # Only the look-up may fail quietly: the DCU's own refusal of a
+            # value must reach spec as it is.
+            row = Param(name, "passthrough", "RW" if task == "config" else "R",
+                        "ALL", "", subsystem="detector", task=task)
+            if write and task != "config":
+                raise ParameterError(f"'{name}' is a detector status value and read-only")
+            if write:
+                return format_value(self._write_simplon(row, name, name, args))
+            return format_value(self._read_simplon(row, name))
+        hint = table.closest(name)
+        raise UnknownParameter(f"unknown parameter '{name}'"
+                               + (f"; did you mean '{hint}'?" if hint else
+                                  "; see the parameter table in 'help eiger'"))
+
+    def _detector_task_of(self, name: str) -> Optional[str]:
+        """"config" or "status" if the DCU lists ``name`` there, else None."""
+        try:
+            for task in ("config", "status"):
+                if name in self.keys("detector", task):
+                    return task
+        except DetectorError:
+            pass                          # no DCU to ask: the name is unknown
+        return None
+
+    # -- used by commands.py ---------------------------------------------
+    def image_geometry(self) -> Tuple[str, int, int]:
+        """(type name, rows, columns) of the images ``read`` returns."""
+        dtype = self.stream.result_dtype()
+        width = int(self.config_value("x_pixels_in_detector"))
+        height = int(self.config_value("y_pixels_in_detector"))
+        if getattr(self.options, "rotation", 0) in (90, 270):
+            width, height = height, width
+        return wire_type_for(dtype).name, height, width
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+    return a == b

@@ -1,0 +1,137 @@
+"""Stream V1 ("legacy"): one zmq multipart message -> one event.
+
+Message layouts (SIMPLON.md):
+
+* header ``{"htype": "dheader-1.0", "series", "header_detail"}``, then the
+  configuration JSON (detail ``basic``/``all``), then with ``all`` three
+  (header, array) pairs, then the header appendix if any;
+* image: ``dimage-1.0`` (series, frame, hash), ``dimage_d-1.0`` (shape [x, y],
+  type, encoding, size), the blob, ``dconfig-1.0`` (times in ns), and the
+  image appendix if any;
+* ``dseries_end-1.0``.
+
+Blobs stay zero-copy views of the zmq frames; nothing is decoded here.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from eiger_server.formats.decode import Encoded
+from eiger_server.formats.stream_events import (Event, ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent,
+                           buffer as _buffer, seconds)
+
+CHANNEL = "threshold_1"     # V1 carries one image per message
+_NS = 1e-9
+
+
+def _json(part: Any, what: str) -> dict:
+    try:
+        value = json.loads(bytes(_buffer(part)))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what} is not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} is not a JSON object")
+    return value
+
+
+def _appendix(part: Any) -> Any:
+    data = bytes(_buffer(part))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{what} {value!r} is not a number")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{what} {value!r} is not a number") from None
+
+
+def parse(parts: Sequence[Any]) -> Event:
+    """The event one V1 multipart message carries; never raises."""
+    series: Optional[int] = None
+    frame: Optional[int] = None
+    try:
+        if not parts:
+            raise ValueError("empty message")
+        head = _json(parts[0], "first part")
+        htype = str(head.get("htype", ""))
+        if "series" in head:
+            series = _int(head["series"], "series")
+        if htype.startswith("dimage-"):
+            frame = _int(head.get("frame"), "frame")
+            return _image(head, parts, series, frame)
+        if htype.startswith("dheader-"):
+            return _header(head, parts, series)
+        if htype.startswith("dseries_end-"):
+            if series is None:
+                raise ValueError("series end without a series number")
+            return SeriesEnd(series)
+        raise ValueError(f"unknown htype {htype!r}")
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        return StreamErrorEvent(f"stream V1 message not understood: {exc}", series, frame)
+
+
+def _header(head: dict, parts: Sequence[Any], series: Optional[int]) -> SeriesHeader:
+    if series is None:
+        raise ValueError("series header without a series number")
+    detail = str(head.get("header_detail", "none"))
+    config: dict = {}
+    used = 1
+    if detail in ("basic", "all") and len(parts) > 1:
+        config = _json(parts[1], "detector configuration")
+        used = 2
+    if detail == "all":
+        used += 6           # flatfield, pixel mask, countrate table: header + array each
+    appendix = _appendix(parts[used]) if len(parts) > used else None
+    nimages = None
+    try:
+        if config.get("nimages") is not None:
+            nimages = int(config["nimages"]) * max(1, int(config.get("ntrigger") or 1))
+    except (TypeError, ValueError):
+        nimages = None
+    return SeriesHeader(series, config=config, channels=[CHANNEL], nimages=nimages,
+                        appendix=appendix)
+
+
+def _image(head: dict, parts: Sequence[Any], series: Optional[int],
+           frame: int) -> ImageMessage:
+    if series is None:
+        raise ValueError("image without a series number")
+    if len(parts) < 3:
+        raise ValueError(f"image message has {len(parts)} parts, expected at least 3")
+    desc = _json(parts[1], "image description (dimage_d)")
+    shape = desc.get("shape")
+    if not isinstance(shape, list) or len(shape) != 2:
+        raise ValueError(f"image shape {shape!r} is not [x, y]")
+    width, height = _int(shape[0], "width"), _int(shape[1], "height")
+    try:
+        dtype = np.dtype(str(desc.get("type", "")))
+    except TypeError:
+        raise ValueError(f"unknown pixel type {desc.get('type')!r}") from None
+    encoding = str(desc.get("encoding", ""))
+    blob = _buffer(parts[2])
+    times: dict = {}
+    if len(parts) > 3:
+        try:
+            times = _json(parts[3], "dconfig")
+        except ValueError:
+            times = {}
+    appendix = _appendix(parts[4]) if len(parts) > 4 else None
+    channel = Encoded(blob, encoding, (height, width), dtype)
+    return ImageMessage(series, frame, {CHANNEL: channel},
+                        start_time=seconds(times.get("start_time"), _NS),
+                        stop_time=seconds(times.get("stop_time"), _NS),
+                        real_time=seconds(times.get("real_time"), _NS),
+                        appendix=appendix, parts=list(parts))
