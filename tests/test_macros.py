@@ -115,7 +115,7 @@ def test_unknown_image_par_name_fails(tmp_path):
 
 
 def test_unknown_name_inside_a_command_string_fails(tmp_path):
-    path = _broken_copy(tmp_path, '"filelist $1"', '"filelists $1"')
+    path = _broken_copy(tmp_path, '"filelist", "$1"', '"filelists $1"')
     messages = check_macros.check_file(str(path))
     assert any("'filelists'" in m for m in messages), messages
 
