@@ -2,8 +2,9 @@
 
 tools/check_macros.py parses macros/eiger.mac (quotes, braces, def bodies),
 checks that every macro the requirements name is defined, and that every
-literal name passed to image_par() is one the server's table knows.  These
-tests run it on the real file and on deliberately broken copies.
+literal name passed to image_par() is one the server's table knows, and
+applies the rules of issue 16 (what would misbehave in a real spec session).
+These tests run it on the real file and on deliberately broken copies.
 """
 from __future__ import annotations
 
@@ -115,7 +116,7 @@ def test_unknown_image_par_name_fails(tmp_path):
 
 
 def test_unknown_name_inside_a_command_string_fails(tmp_path):
-    path = _broken_copy(tmp_path, '"filelist $1"', '"filelists $1"')
+    path = _broken_copy(tmp_path, '"filelist", "$1"', '"filelists $1"')
     messages = check_macros.check_file(str(path))
     assert any("'filelists'" in m for m in messages), messages
 
@@ -171,3 +172,93 @@ def test_checker_reports_line_numbers():
 def test_name_extraction(call, name):
     parsed = check_macros.parse_macros("def m '{ %s }'\n" % call)
     assert parsed.image_par_names == [(name, 1)]
+
+
+# -- issue 16: mistakes that only show in a real spec session --------------------
+# Each case puts one mistake back into a copy of eiger.mac; the checker must
+# name it (and the fixed file passes, see test_eiger_mac_passes_the_checker).
+
+SESSION_MISTAKES = [
+    pytest.param('path = (filename == "") ? "" : _eiger_abspath(filename)', 'path = filename',
+                 "eiger_scan_head gives data_directory the path 'dir', which may be relative",
+                 id="scan-filename-sent-relative"),
+    pytest.param("path = _eiger_join(CWD, path)", 'path = _eiger_join(".", path)',
+                 "no macro makes a path absolute with CWD", id="no-cwd-anywhere"),
+    pytest.param('    if (substr(dir, length(dir), 1) == "/")\n'
+                 '        return(sprintf("%s%s", dir, name))\n', "",
+                 'joins paths with "%s/%s" without looking at the last character',
+                 id="double-slash-after-data-dir"),
+    pytest.param('if (_ctime > 0)\n        image_par(unit, "preset", _ctime)',
+                 'if (COUNT_TIME > 0)\n        image_par(unit, "preset", COUNT_TIME)',
+                 "eiger_scan_head uses COUNT_TIME", id="count-time-in-scan-head"),
+    pytest.param('if (_ctime > 0)\n        image_par(unit, "preset", _ctime)',
+                 'image_par(unit, "preset", _ctime)',
+                 "without testing _ctime > 0", id="monitor-count-programmed"),
+    pytest.param('EIGER_PAR[unit]["img_point"] = -1\n',
+                 'EIGER_PAR[unit]["img_point"] = -1\n'
+                 '    fprintf(DATAFILE, "#IMG %d %d %d %s\\n", id, SCAN_N, 0, path)\n',
+                 "#IMG lines are written in 2 places", id="two-img-writers"),
+    pytest.param('if (EIGER_PAR[unit]["shm"] || _eiger_has_rois(unit))',
+                 'if (EIGER_PAR[unit]["shm"])',
+                 "eiger_read_acq reads the image only for the copy to shared memory",
+                 id="read-acq-ignores-rois"),
+    pytest.param('image_par(un, "filelist", "$1")', 'image_par(un, "filelist $1")',
+                 "image_par name and value in one string", id="filelist-in-one-string"),
+    pytest.param('    image_par(unit, "transfer", pattern)\n    ans',
+                 '    image_par(unit, "transfer")\n    ans',
+                 'image_par(unit, "transfer") without a value', id="transfer-without-value"),
+    pytest.param('v = date("%H:%M")', "v = substr(date(), 12, 5)",
+                 "cuts a part out of date()", id="time-cut-from-date"),
+    pytest.param('sprintf("_eiger_cleanup(%d)\\n", unit), key)',
+                 'sprintf("_eiger_cleanup(%d)\\n", unit), "eiger")',
+                 'uses the cdef key "eiger" for every unit', id="shared-cdef-key"),
+    pytest.param("_eiger_transfer(unit, _eiger_latest_pattern(unit))",
+                 '_eiger_transfer(unit, EIGER_PAR[unit]["last_pattern"] "*")',
+                 "string concatenation inside an argument of _eiger_transfer()",
+                 id="concatenation-in-argument"),
+    pytest.param('        if (c == ":")\n            c = "-"\n        out = sprintf("%s%s", out, c)',
+                 '        out = out (c == ":" ? "-" : c)',
+                 "'out (' in _eiger_dcu_name reads as a call", id="variable-then-parenthesis"),
+    pytest.param("def _eiger_detector_menu(un) '{", "def _eiger_detector_menu(u) '{",
+                 "_eiger_detector_menu has a variable named u", id="parameter-named-u"),
+    pytest.param("    local pat, c\n\n    pat = _eiger_strip_index(base)",
+                 "    local pat, c\n\n    p = _eiger_strip_index(base)",
+                 "has a variable named p", id="variable-named-p"),
+    pytest.param('    rdef EIGER_data sprintf("IMG_DATA_%d", unit)\n', "",
+                 "macro EIGER_data is required but never defined", id="no-eiger-data-alias"),
+    pytest.param("_eiger_arm_scan(unit, _eiger_scan_points())",
+                 'image_par(unit, "ntrigger", image_par(unit, "max_trigger"))',
+                 "sets ntrigger to max_trigger", id="ntrigger-max-trigger"),
+    pytest.param('got = image_par(unit, "ntrigger")', "got = npts",
+                 "and never reads it back", id="ntrigger-refusal-unnoticed"),
+]
+
+
+@pytest.mark.parametrize("old, new, expected", SESSION_MISTAKES)
+def test_session_mistake_is_caught(tmp_path, old, new, expected):
+    path = _broken_copy(tmp_path, old, new)
+    messages = check_macros.check_file(str(path))
+    assert any(expected in m for m in messages), messages
+    assert _run_cli(path).returncode == 1
+
+
+def test_relative_path_rule_follows_assignments():
+    # A variable made absolute keeps the mark through dirname(); a plain
+    # parameter does not; a later plain assignment drops the mark.
+    text = ("def _abs(p1) '{ return(sprintf(\"%s/%s\", CWD, p1)) }'\n"
+            "def ok(f1) '{\n  local a, d\n  a = _abs(f1)\n  d = _dirname(a)\n"
+            "  image_par(0, \"data_directory\", d)\n}'\n"
+            "def bad(f1) '{\n  local d\n  d = _abs(f1)\n  d = f1\n"
+            "  image_par(0, \"data_directory\", d)\n}'\n")
+    parsed = check_macros.parse_macros(text)
+    problems = check_macros._rule_absolute_paths(parsed)
+    assert [(p.line, "bad gives data_directory" in p.message) for p in problems] == [(12, True)]
+
+
+def test_concatenation_rule_leaves_calls_and_operators_alone():
+    text = ("def m '{\n  x = sprintf(\"%s%s\", a, f(b))\n  y = g(a[1] + 2, -3, \"s\" == t ? u1 : v1)\n"
+            "  z = a b\n}'\n")
+    assert check_macros._rule_grammar(check_macros.parse_macros(text)) == []
+    bad = "def m '{\n  h(a \"x\")\n  h(\"x\" (y))\n}'\n"
+    lines = [p.line for p in check_macros._rule_grammar(check_macros.parse_macros(bad))]
+    assert lines == [2, 3]

@@ -234,6 +234,8 @@ class EigerController:
             raise ParameterError(
                 f"'{name}' needs {row.version_text()}, but the detector runs SIMPLON "
                 f"{self.version}")
+        if write and not row.writable and row.set_reads and args:
+            write = False           # image_par(unit, "filelist", pattern) is a read
         if write and not row.writable:
             raise ParameterError(f"'{name}' is read-only; use image_par(unit, \"{name}\") "
                                  "to read it")

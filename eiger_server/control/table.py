@@ -33,6 +33,9 @@ class Param:
     background: bool = False         # run as a background command (jobs.py)
     unsupported: Optional[str] = None  # a deliberate "not supported" with this reason
     pattern: Optional[str] = None    # regex for names with a number in them (link/n)
+    # A read-only name whose read takes an argument: spec's three-argument
+    # image_par(unit, name, arg) arrives as "set name arg" and is read with arg.
+    set_reads: bool = False
 
     # -- derived --------------------------------------------------------
     @property
@@ -221,7 +224,7 @@ TABLE: List[Param] = [
        subsystem="filewriter", task="config", conv="bool"),
     _p("files", FC, "R", "ALL", "the files on the DCU", local="files.files"),
     _p("filelist", FC, "R", "ALL", "the files on the DCU matching a pattern",
-       local="files.filelist"),
+       local="files.filelist", set_reads=True),
     _p("transfer", FC, "--", "ALL", "copy files (name or pattern) to data_directory",
        local="files.transfer", background=True),
     _p("delete", FC, "--", "ALL", "delete files (name or pattern) from the DCU",
