@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from helpers import ServerProcess, server_args_for, wait_for
-from eiger_server.client import WireClient, WireError
+from eiger_server.wire.client import WireClient, WireError
 from eiger_server.fakedcu.app import FakeDCUApp
 
 NAMES = ["s12_eiger_1_master.h5", "s12_eiger_1_data_000001.h5", "other_7_master.h5"]
