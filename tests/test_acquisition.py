@@ -107,7 +107,7 @@ def test_halt_stops_a_long_count(controller):
 
 def test_a_failed_count_is_reported_once_by_get_status(controller, fake_dcu):
     handler = CommandHandler(controller)
-    fake_dcu.model.faults.update({"error500": {"trigger": "high voltage fault"}})
+    fake_dcu.faults.update({"error500": {"trigger": "high voltage fault"}})
     reply = handler.execute(Request(1, "run", ["0.05", "0"]))
     assert reply.ok
     deadline = time.monotonic() + 10

@@ -261,6 +261,6 @@ def test_a_dcu_refusal_of_a_passed_through_name_reaches_spec(controller, fake_dc
     if controller.version.startswith("1.6"):
         pytest.skip("threshold/1/energy exists from SIMPLON 1.8 on")
     from eiger_server.errors import DetectorError
-    fake_dcu.model.faults.update({"error500": {"threshold/1/energy": "threshold out of calibration"}})
+    fake_dcu.faults.update({"error500": {"threshold/1/energy": "threshold out of calibration"}})
     with pytest.raises(DetectorError, match="threshold out of calibration"):
         controller.set("threshold/1/energy", ["5000"])

@@ -1,4 +1,4 @@
-"""FakeDCUApp: the fake DCU's model, HTTP server and stream adapters wired together."""
+"""FakeDCUApp: the fake DCU's model, stores, HTTP server and stream adapters wired together."""
 from __future__ import annotations
 
 import logging
@@ -6,13 +6,25 @@ from pathlib import Path
 from typing import Any, List, Optional, Union
 
 from eiger_server.fakedcu.sources.synthetic import make_source
-from eiger_server.fakedcu.adapters.http import FakeDCUHTTPServer
+from eiger_server.fakedcu.adapters.http import FakeDCUHTTPServer, Faults
 from eiger_server.fakedcu.interfaces import FrameSource
 from eiger_server.fakedcu.device.model import FakeDCU
+from eiger_server.fakedcu.stores.filewriter import FileWriterStore
+from eiger_server.fakedcu.stores.monitor_store import MonitorStore
 
 log = logging.getLogger(__name__)
 
 __all__ = ["FakeDCUApp"]
+
+
+class _FileWriterSettings:
+    """What the file writer reads: the model's config values, and its directory
+    (None: a temporary one)."""
+
+    def __init__(self, model: FakeDCU, data_dir: Optional[Path]):
+        self.api = model.api
+        self.config_value = model.config_value
+        self.data_dir = data_dir
 
 
 class FakeDCUApp:
@@ -21,7 +33,9 @@ class FakeDCUApp:
     ``start()`` binds and serves on background threads, ``stop()`` ends it;
     also a context manager. After start: ``http_port``, ``stream_port``
     (stream V1), ``stream2_port`` (stream V2) and ``url``. Real DCUs use
-    80, 9999 and 31001.
+    80, 9999 and 31001. ``model`` is the device (its stores in
+    ``model.filestore`` and ``model.monitorstore``), ``faults`` the switches
+    of the REST API (``/fake/faults``).
     """
 
     def __init__(self, api: str = "1.8.0", model: str = "1M", host: str = "127.0.0.1",
@@ -31,9 +45,14 @@ class FakeDCUApp:
                  streams: bool = True, arm_delay: float = 0.0):
         self.host = host
         frame_source = make_source(source) if isinstance(source, str) else source
-        self.model = FakeDCU(api, model, source=frame_source,
-                             data_dir=Path(data_dir) if data_dir is not None else None,
-                             arm_delay=arm_delay)
+        self.model = FakeDCU(api, model, source=frame_source, arm_delay=arm_delay)
+        # the stores read their settings back from the model, which serves
+        # their status and commands and feeds them the frames
+        self._files = FileWriterStore(_FileWriterSettings(
+            self.model, Path(data_dir) if data_dir is not None else None))
+        self._monitor = MonitorStore(self.model)
+        self.model.attach_stores(self._files, self._monitor)
+        self._faults = Faults()
         self._want_ports = (http_port, stream_port, stream2_port)
         self._streams_wanted = streams
         self.http: Optional[FakeDCUHTTPServer] = None
@@ -50,8 +69,9 @@ class FakeDCUApp:
         return f"http://{self.host}:{self.http_port}"
 
     @property
-    def faults(self) -> Any:
-        return self.model.faults
+    def faults(self) -> Faults:
+        """The fault switches of the REST API (also ``PUT /fake/faults``)."""
+        return self._faults
 
     def start(self) -> "FakeDCUApp":
         """Bind all ports and start serving. OSError when a port is taken."""
@@ -71,7 +91,8 @@ class FakeDCUApp:
                     self.model.add_sink(adapter)
                 self.stream_port = self.stream_v1.port
                 self.stream2_port = self.stream_v2.port
-            self.http = FakeDCUHTTPServer(self.model, self.host, http_port)
+            self.http = FakeDCUHTTPServer(self.model, self.host, http_port, files=self._files,
+                                          monitor=self._monitor, faults=self._faults)
             self.http.start()
             self.http_port = self.http.port
         except Exception:
@@ -99,6 +120,10 @@ class FakeDCUApp:
             self.http.close()
             self.http = None
         self.model.close()
+        try:
+            self._files.close()      # after the engine: the last series end is written
+        except Exception:
+            log.exception("closing the file writer failed")
         for adapter in (self.stream_v1, self.stream_v2):
             if adapter is not None:
                 self._detach(adapter)

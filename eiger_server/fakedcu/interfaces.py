@@ -1,12 +1,15 @@
-"""Contracts between the fake DCU's device logic and its adapters.
+"""Contracts between the fake DCU's device logic, its stores and its adapters.
 
 The acquisition engine (model.py) produces frames; stream adapters, the file
-writer and the monitor consume them as :class:`FrameSink` objects. Nothing in
-here does I/O.
+writer and the monitor consume them as :class:`FrameSink` objects. The stores
+read their settings through a :class:`ConfigSource` (the model); the model
+serves their status and commands and the HTTP adapter their files and images
+(:class:`FileStore`, :class:`MonitorImages`). Nothing in here does I/O.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import pathlib
 from typing import Any, Dict, List, Optional, Protocol
 
 import numpy as np
@@ -72,3 +75,47 @@ class FrameSource(Protocol):
 
     def frame(self, index: int, width: int, height: int, dtype: np.dtype,
               channels: List[str]) -> Dict[str, np.ndarray]: ...
+
+
+class ConfigSource(Protocol):
+    """Where a store reads its settings: the model's config values."""
+
+    api: str
+
+    def config_value(self, subsystem: str, name: str) -> Any: ...
+
+
+class FileStore(FrameSink, Protocol):
+    """The file writer: HDF5 files of the series, its status and commands."""
+
+    capacity_bytes: int
+
+    def status(self) -> Dict[str, Any]: ...
+
+    def command(self, name: str, body: Any = None) -> None: ...
+
+    def buffer_free(self) -> int: ...
+
+    def list_files(self) -> List[str]: ...
+
+    def file_path(self, name: str) -> pathlib.Path: ...
+
+    def delete_file(self, name: str) -> None: ...
+
+    def close(self, timeout: float = 10.0) -> None: ...
+
+
+class MonitorImages(FrameSink, Protocol):
+    """The monitor: the last images as TIFF, its status and commands."""
+
+    def status(self) -> Dict[str, Any]: ...
+
+    def command(self, name: str, body: Any = None) -> None: ...
+
+    def image_list(self) -> List[List[Any]]: ...
+
+    def latest_tiff(self, threshold: Optional[int] = None) -> bytes: ...
+
+    def pop_tiff(self) -> bytes: ...
+
+    def get_tiff(self, series: int, image_id: int, threshold: Optional[int] = None) -> bytes: ...

@@ -13,8 +13,9 @@ Routes (``<v>`` must be the model's API version):
   ``PUT /fake/restart``, ``GET /fake/state``
 
 Errors answer with their status code and a plain-text body saying what went
-wrong. The fault switches of ``model.faults`` apply to every route except
-``/fake/``.
+wrong. The fault switches (:class:`Faults`, ``server.faults``) apply to every
+route except ``/fake/``. JSON and the darray encoding of array values live
+here only: the model takes and gives Python values and numpy arrays.
 """
 from __future__ import annotations
 
@@ -28,15 +29,19 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Deque, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
+import numpy as np
+
+from eiger_server.formats.darray import decode_darray, encode_darray
 from eiger_server.fakedcu.device.model import FakeDCU, FakeDCUError
 from eiger_server.fakedcu.device.definitions import API_VERSIONS, SUBSYSTEM_VERSIONS
+from eiger_server.fakedcu.interfaces import FileStore, MonitorImages
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FakeDCUHTTPServer", "DCURequestHandler"]
+__all__ = ["FakeDCUHTTPServer", "DCURequestHandler", "Faults"]
 
 _CHUNK = 1 << 20
 _MAX_BODY = 512 * 1024 * 1024   # a 16M pixel mask as base64 JSON is ~100 MB
@@ -49,6 +54,86 @@ def _json_default(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _matches(spec: Any, name: str) -> bool:
+    """Does a fault spec (True, "*", a name, or a list of names) apply to ``name``?"""
+    if spec is True or spec == "*":
+        return True
+    if isinstance(spec, str):
+        return spec == name
+    if isinstance(spec, (list, tuple, set)):
+        return "*" in spec or name in spec
+    return False
+
+
+class Faults:
+    """Switches that make the fake DCU's REST API misbehave on purpose.
+
+    * ``delay``: seconds added before every answer.
+    * ``error500``: name -> text; that name (or ``"*"``: every name) answers
+      HTTP 500 with the text.
+    * ``drop_connection``: ``True``/``"*"``, a name or a list of names: the
+      socket is closed without an answer.
+    * ``serve_version``: False to answer 404 at ``/detector/api/version/``.
+    """
+
+    _FIELDS = ("delay", "error500", "drop_connection", "serve_version")
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.delay = 0.0
+        self.error500: Dict[str, str] = {}
+        self.drop_connection: Any = False
+        self.serve_version = True
+
+    def update(self, values: Dict[str, Any]) -> None:
+        """Set switches from a dict (the body of ``PUT /fake/faults``)."""
+        if not isinstance(values, dict):
+            raise FakeDCUError(400, "fault switches must be a JSON object, e.g. "
+                                    '{"delay": 0.5, "error500": {"arm": "boom"}}')
+        unknown = set(values) - set(self._FIELDS) - {"clear"}
+        if unknown:
+            raise FakeDCUError(400, f"unknown fault switch(es) {sorted(unknown)}; "
+                                    f"known: {list(self._FIELDS)} and 'clear'")
+        if values.get("clear"):
+            self.clear()
+        if "delay" in values:
+            try:
+                delay = float(values["delay"] or 0.0)
+            except (TypeError, ValueError):
+                raise FakeDCUError(400, "fault 'delay' must be a number of seconds") from None
+            if not 0.0 <= delay <= 600.0:
+                raise FakeDCUError(400, "fault 'delay' must be between 0 and 600 s")
+            self.delay = delay
+        if "error500" in values:
+            e = values["error500"] or {}
+            if isinstance(e, str):
+                e = {e: "simulated internal error"}
+            if not isinstance(e, dict):
+                raise FakeDCUError(400, "fault 'error500' must be {name: text}")
+            self.error500 = {str(k): str(v) for k, v in e.items()}
+        if "drop_connection" in values:
+            self.drop_connection = values["drop_connection"]
+        if "serve_version" in values:
+            self.serve_version = bool(values["serve_version"])
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"delay": self.delay, "error500": dict(self.error500),
+                "drop_connection": self.drop_connection, "serve_version": self.serve_version}
+
+    def error_for(self, name: str) -> Optional[str]:
+        """The HTTP 500 text for ``name``, or None."""
+        if not self.error500:
+            return None
+        if name in self.error500:
+            return self.error500[name]
+        return self.error500.get("*")
+
+    def drops(self, name: str) -> bool:
+        return bool(self.drop_connection) and _matches(self.drop_connection, name)
 
 
 class _Drop(Exception):
@@ -126,7 +211,7 @@ class DCURequestHandler(BaseHTTPRequestHandler):
         return [p for p in path.split("/") if p != ""]
 
     def _apply_faults(self, name: str) -> None:
-        faults = self.model.faults
+        faults = self.server.faults
         if faults.delay:
             time.sleep(faults.delay)
         if faults.drops(name):
@@ -193,7 +278,7 @@ class DCURequestHandler(BaseHTTPRequestHandler):
         if parts[:3] == ["detector", "api", "version"] and len(parts) == 3:
             self._apply_faults("version")
             self._need(method, ("GET", "HEAD"))
-            if not self.model.faults.serve_version:
+            if not self.server.faults.serve_version:
                 raise FakeDCUError(404, "this DCU does not serve /detector/api/version/")
             self._send_json({"value": self.model.api, "value_type": "string"})
             return
@@ -229,11 +314,19 @@ class DCURequestHandler(BaseHTTPRequestHandler):
             self._send_json(model.keys(subsystem, task))
             return
         if method in ("GET", "HEAD"):
-            self._send_json(model.get(subsystem, task, name))
+            answer = model.get(subsystem, task, name)
+            if isinstance(answer.get("value"), np.ndarray):
+                answer = dict(answer, value=self.server.darray(subsystem, name, answer["value"]))
+            self._send_json(answer)
         elif method == "PUT":
             body = self._read_body()
             if body is not None and not isinstance(body, dict):
                 raise FakeDCUError(400, 'the request body must be a JSON object {"value": ...}')
+            if task == "config" and body is not None and "value" in body:
+                d = model.definition(subsystem, task, name)
+                if d.access_mode != "r":    # read-only: the model refuses before decoding
+                    body = dict(body, value=self._array(subsystem, name, d.darray,
+                                                        body["value"]))
             answer = model.put(subsystem, task, name, body)
             if answer is None:
                 self._send(200)
@@ -242,9 +335,19 @@ class DCURequestHandler(BaseHTTPRequestHandler):
         else:
             self._need(method, ("GET", "PUT"))
 
+    @staticmethod
+    def _array(subsystem: str, name: str, darray: Optional[str], value: Any) -> Any:
+        """A PUT value as the model takes it: darray JSON decoded for array names."""
+        if darray is None:
+            return value
+        try:
+            return decode_darray(value)
+        except ValueError as exc:
+            raise FakeDCUError(400, f"{subsystem}/config/{name}: {exc}") from None
+
     def _data(self, method: str, name: str) -> None:
         self._apply_faults(name or "data")
-        store = self.model.filestore
+        store = self.server.files
         if not name:
             self._need(method, ("GET", "HEAD"))
             links = "".join(f'<a href="{html.escape(n)}">{html.escape(n)}</a><br>\n'
@@ -282,7 +385,7 @@ class DCURequestHandler(BaseHTTPRequestHandler):
         self._need(method, ("GET", "HEAD"))
         if self.model.api not in SUBSYSTEM_VERSIONS.get("monitor", API_VERSIONS):
             raise FakeDCUError(404, f"the monitor is not part of SIMPLON API {self.model.api}")
-        store = self.model.monitorstore
+        store = self.server.monitor
         try:
             if not rest:
                 self._send_json(store.image_list())
@@ -307,8 +410,9 @@ class DCURequestHandler(BaseHTTPRequestHandler):
     def _fake(self, method: str, rest: List[str]) -> None:
         model = self.model
         what = rest[0] if len(rest) == 1 else ""
+        faults = self.server.faults
         if what == "faults" and method == "GET":
-            self._send_json(model.faults.as_dict())
+            self._send_json(faults.as_dict())
             return
         if what == "state" and method == "GET":
             self._send_json({"state": model.state, "series_id": model.series_id,
@@ -327,12 +431,16 @@ class DCURequestHandler(BaseHTTPRequestHandler):
             if not isinstance(body, dict) or not {"subsystem", "name", "value"} <= set(body):
                 raise FakeDCUError(400, 'PUT /fake/set needs {"subsystem": ..., "task": '
                                         '"config", "name": ..., "value": ...}')
-            changed = model.force(str(body["subsystem"]), str(body.get("task", "config")),
-                                  str(body["name"]), body["value"])
-            self._send_json(changed)
+            subsystem, task, name = (str(body["subsystem"]), str(body.get("task", "config")),
+                                     str(body["name"]))
+            value = body["value"]
+            if task == "config":
+                value = self._array(subsystem, name,
+                                    model.definition(subsystem, task, name).darray, value)
+            self._send_json(model.force(subsystem, task, name, value))
         elif what == "faults":
-            model.faults.update(body if body is not None else {})
-            self._send_json(model.faults.as_dict())
+            faults.update(body if body is not None else {})
+            self._send_json(faults.as_dict())
         else:
             model.restart()
             self._send(200)
@@ -352,6 +460,8 @@ def _key_text(exc: BaseException) -> str:
 class FakeDCUHTTPServer(ThreadingHTTPServer):
     """The REST server of one :class:`FakeDCU`; ``port`` is the bound port.
 
+    ``files`` and ``monitor`` serve ``/data/`` and the monitor images;
+    ``faults`` are the switches of ``/fake/faults`` (a new set when None).
     ``request_log`` holds the latest requests as ``[method, raw path, status]``
     (status None when the connection was dropped without an answer).
     """
@@ -360,8 +470,16 @@ class FakeDCUHTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     block_on_close = False
 
-    def __init__(self, model: FakeDCU, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, model: FakeDCU, host: str = "127.0.0.1", port: int = 0, *,
+                 files: FileStore, monitor: MonitorImages, faults: Optional[Faults] = None):
         self.model = model
+        self.files = files
+        self.monitor = monitor
+        self.faults = faults if faults is not None else Faults()
+        # (subsystem, name) -> (array, its darray JSON): a mask of 16M pixels
+        # takes a while to encode, and the model replaces arrays, never edits them
+        self._darrays: Dict[Tuple[str, str], Tuple[np.ndarray, Dict[str, Any]]] = {}
+        self._darrays_lock = threading.Lock()
         self.request_log: Deque[List[Any]] = collections.deque(maxlen=100_000)
         self._open: set = set()          # accepted connections, closed at close()
         self._open_lock = threading.Lock()
@@ -373,6 +491,18 @@ class FakeDCUHTTPServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def darray(self, subsystem: str, name: str, array: np.ndarray) -> Dict[str, Any]:
+        """The darray JSON of an array value, encoded once per array."""
+        key = (subsystem, name)
+        with self._darrays_lock:
+            cached = self._darrays.get(key)
+        if cached is not None and cached[0] is array:
+            return cached[1]
+        encoded = encode_darray(array)
+        with self._darrays_lock:
+            self._darrays[key] = (array, encoded)
+        return encoded
 
     def start(self) -> None:
         """Serve on a background thread."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple
 
+from eiger_server.fakedcu.device.states import State
+
 API_VERSIONS = ("1.6.0", "1.8.0")
 SUBSYSTEMS = ("detector", "filewriter", "stream", "monitor", "system")
 TASKS = ("config", "status", "command")
@@ -45,7 +47,7 @@ ELEMENT_ENERGY: Dict[str, float] = {
 
 DEFAULT_PHOTON_ENERGY = 8047.8
 
-STATES = ["na", "idle", "ready", "acquire", "configure", "initialize", "error"]
+STATES = [s.value for s in State]
 
 
 @dataclass(frozen=True)

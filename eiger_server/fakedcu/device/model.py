@@ -1,8 +1,12 @@
 """The fake DCU's device logic: values, state machine and acquisition engine.
 
-No network I/O here: the HTTP adapter (http.py) calls :meth:`FakeDCU.get`,
-:meth:`FakeDCU.put` and :meth:`FakeDCU.keys`; stream adapters, the file
-writer and the monitor receive the frames as :class:`FrameSink` objects.
+No network I/O and no wire encoding here: the HTTP adapter (http.py) calls
+:meth:`FakeDCU.get`, :meth:`FakeDCU.put` and :meth:`FakeDCU.keys`, which take
+and give Python values and numpy arrays (the adapter does JSON and darray);
+stream adapters, the file writer and the monitor receive the frames as
+:class:`FrameSink` objects. The state follows the table of states.py. The
+app (app.py) makes the file writer and the monitor and hands them over with
+:meth:`FakeDCU.attach_stores`.
 
 Threads: HTTP requests arrive on many threads and share one lock for the
 values and the state. Acquisition runs on a single engine thread (a
@@ -21,22 +25,22 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from eiger_server.formats.darray import decode_darray, encode_darray
-
 from eiger_server.fakedcu.sources.synthetic import SyntheticSource, default_pixel_mask
-from eiger_server.fakedcu.interfaces import Frame, FrameSink, FrameSource, SeriesEnd, SeriesStart
+from eiger_server.fakedcu.interfaces import (FileStore, Frame, FrameSink, FrameSource,
+                                             MonitorImages, SeriesEnd, SeriesStart)
+from eiger_server.fakedcu.device.states import (Event, IllegalCommand, State, allows,
+                                                next_state, refusal)
 from eiger_server.fakedcu.device.definitions import (ELEMENT_ENERGY, HC_EV_ANGSTROM, MODELS, PHOTON_ENERGY_RANGE,
                      READOUT_TIME, SUBSYSTEM_VERSIONS, API_VERSIONS, ParamDef,
                      all_definitions, parameter_table)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FakeDCU", "FakeDCUError", "Faults", "encode_darray", "decode_darray"]
+__all__ = ["FakeDCU", "FakeDCUError"]
 
 _DTYPES = {8: np.dtype(np.uint8), 16: np.dtype(np.uint16), 32: np.dtype(np.uint32)}
 _TASKS = ("config", "status", "command")
@@ -93,91 +97,6 @@ def _infer_type(value: Any) -> str:
     return "string"
 
 
-def _matches(spec: Any, name: str) -> bool:
-    """Does a fault spec (True, "*", a name, or a list of names) apply to ``name``?"""
-    if spec is True or spec == "*":
-        return True
-    if isinstance(spec, str):
-        return spec == name
-    if isinstance(spec, (list, tuple, set)):
-        return "*" in spec or name in spec
-    return False
-
-
-class Faults:
-    """Switches that make the fake DCU misbehave on purpose (HTTP side).
-
-    * ``delay``: seconds added before every answer.
-    * ``error500``: name -> text; that name (or ``"*"``: every name) answers
-      HTTP 500 with the text.
-    * ``drop_connection``: ``True``/``"*"``, a name or a list of names: the
-      socket is closed without an answer.
-    * ``serve_version``: False to answer 404 at ``/detector/api/version/``.
-    """
-
-    _FIELDS = ("delay", "error500", "drop_connection", "serve_version")
-
-    def __init__(self, model: "FakeDCU"):
-        self._model = model
-        self.clear()
-
-    def clear(self) -> None:
-        self.delay = 0.0
-        self.error500: Dict[str, str] = {}
-        self.drop_connection: Any = False
-        self.serve_version = True
-
-    def update(self, values: Dict[str, Any]) -> None:
-        """Set switches from a dict (the body of ``PUT /fake/faults``)."""
-        if not isinstance(values, dict):
-            raise FakeDCUError(400, "fault switches must be a JSON object, e.g. "
-                                    '{"delay": 0.5, "error500": {"arm": "boom"}}')
-        unknown = set(values) - set(self._FIELDS) - {"clear"}
-        if unknown:
-            raise FakeDCUError(400, f"unknown fault switch(es) {sorted(unknown)}; "
-                                    f"known: {list(self._FIELDS)} and 'clear'")
-        if values.get("clear"):
-            self.clear()
-        if "delay" in values:
-            try:
-                delay = float(values["delay"] or 0.0)
-            except (TypeError, ValueError):
-                raise FakeDCUError(400, "fault 'delay' must be a number of seconds") from None
-            if not 0.0 <= delay <= 600.0:
-                raise FakeDCUError(400, "fault 'delay' must be between 0 and 600 s")
-            self.delay = delay
-        if "error500" in values:
-            e = values["error500"] or {}
-            if isinstance(e, str):
-                e = {e: "simulated internal error"}
-            if not isinstance(e, dict):
-                raise FakeDCUError(400, "fault 'error500' must be {name: text}")
-            self.error500 = {str(k): str(v) for k, v in e.items()}
-        if "drop_connection" in values:
-            self.drop_connection = values["drop_connection"]
-        if "serve_version" in values:
-            self.serve_version = bool(values["serve_version"])
-
-    def as_dict(self) -> Dict[str, Any]:
-        return {"delay": self.delay, "error500": dict(self.error500),
-                "drop_connection": self.drop_connection, "serve_version": self.serve_version}
-
-    def error_for(self, name: str) -> Optional[str]:
-        """The HTTP 500 text for ``name``, or None."""
-        if not self.error500:
-            return None
-        if name in self.error500:
-            return self.error500[name]
-        return self.error500.get("*")
-
-    def drops(self, name: str) -> bool:
-        return bool(self.drop_connection) and _matches(self.drop_connection, name)
-
-    def restart(self) -> None:
-        """Reboot the DCU: end any series, state ``na``, values back to defaults."""
-        self._model.restart()
-
-
 class _Series:
     """One armed series, as the engine sees it."""
 
@@ -204,25 +123,21 @@ class FakeDCU:
     """A simulated EIGER DCU: SIMPLON values, state machine and frame engine."""
 
     def __init__(self, api: str = "1.8.0", model: str = "1M", *,
-                 source: Optional[FrameSource] = None, data_dir: Optional[Path] = None,
-                 arm_delay: float = 0.0):
+                 source: Optional[FrameSource] = None, arm_delay: float = 0.0):
         self.api = api
         self.detector_model = model
         self.table = parameter_table(api, model)    # raises ValueError on bad api/model
         self._union = all_definitions()
         self.source: FrameSource = source if source is not None else SyntheticSource()
-        self.data_dir = Path(data_dir) if data_dir is not None else None
-        if self.data_dir is not None:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
         self.arm_delay = float(arm_delay)
-        self.faults = Faults(self)
+        self.filestore: Optional[FileStore] = None       # set by attach_stores()
+        self.monitorstore: Optional[MonitorImages] = None
         self.stream_adapters: List[Any] = []
 
         self._lock = threading.RLock()
         self._values: Dict[str, Dict[str, Any]] = {}
-        self._darray_cache: Dict[str, Dict[str, Any]] = {}
         self._status_overrides: Dict[Tuple[str, str], Any] = {}
-        self._state = "na"
+        self._state = State.NA
         self._errors: List[str] = []
         self._series: Optional[_Series] = None
         self._series_counter = 0
@@ -232,13 +147,14 @@ class FakeDCU:
         self._closed = False
         self._reset_values()
 
-        # the stores read their configuration through config_value()
-        from eiger_server.fakedcu.stores.filewriter import FileWriterStore
-        from eiger_server.fakedcu.stores.monitor_store import MonitorStore
-        self.filestore = FileWriterStore(self)
-        self.monitorstore = MonitorStore(self)
-        self.add_sink(self.filestore)
-        self.add_sink(self.monitorstore)
+    def attach_stores(self, filestore: FileStore, monitorstore: MonitorImages) -> None:
+        """Take the file writer and the monitor: their status and commands are
+        served here, and they receive the frames. They read their settings
+        back through :meth:`config_value`."""
+        self.filestore = filestore
+        self.monitorstore = monitorstore
+        self.add_sink(filestore)
+        self.add_sink(monitorstore)
 
     # ------------------------------------------------------------ values
     def _reset_values(self) -> None:
@@ -261,7 +177,6 @@ class FakeDCU:
         det["flatfield"] = np.ones((height, width), dtype=np.float32)
         det["countrate_correction_table"] = _COUNTRATE_TABLE
         det["number_of_excluded_pixels"] = int(np.count_nonzero(det["pixel_mask"]))
-        self._darray_cache.clear()
 
     def _nframes_sum(self, count_time: float) -> int:
         rate = MODELS[self.detector_model][2]
@@ -326,20 +241,24 @@ class FakeDCU:
             out["allowed_values"] = list(d.allowed_values)
         return out
 
+    def definition(self, subsystem: str, task: str, name: str) -> ParamDef:
+        """What ``name`` is (type, access, limits, darray type); FakeDCUError 404 if unknown."""
+        return self._def(subsystem, task, name)
+
     def get(self, subsystem: str, task: str, name: str) -> Dict[str, Any]:
-        """The value JSON of one name (value, value_type, access_mode, limits)."""
+        """The value description of one name (value, value_type, access_mode, limits).
+
+        Array values (darray names) are numpy arrays of the name's darray type;
+        a new value is a new array, so an encoder may cache by identity.
+        """
         d = self._def(subsystem, task, name)
         if task == "command":
             raise FakeDCUError(405, f"{subsystem}/command/{name} is a command: send it with PUT")
         if task == "config":
             with self._lock:
                 value = self._values[subsystem][name]
-                if d.darray is not None:
-                    cached = self._darray_cache.get(name)
-                    if cached is None:
-                        cached = encode_darray(value.astype(np.dtype(d.darray), copy=False))
-                        self._darray_cache[name] = cached
-                    value = cached
+            if d.darray is not None:
+                value = value.astype(np.dtype(d.darray), copy=False)
             return self._describe(d, value)
         value = self._status_values(subsystem, [name])[name]
         out = self._describe(d, value)
@@ -353,9 +272,9 @@ class FakeDCU:
         defs = self.table[(subsystem, "status")]
         if subsystem == "detector":
             raw = self._detector_status()
-        elif subsystem == "filewriter":
+        elif subsystem == "filewriter" and self.filestore is not None:
             raw = self.filestore.status()
-        elif subsystem == "monitor":
+        elif subsystem == "monitor" and self.monitorstore is not None:
             raw = self.monitorstore.status()
         elif subsystem == "stream":
             raw = self.stream_status()
@@ -372,7 +291,7 @@ class FakeDCU:
 
     def _detector_status(self) -> Dict[str, Any]:
         with self._lock:
-            status: Dict[str, Any] = {"state": self._state, "error": list(self._errors),
+            status: Dict[str, Any] = {"state": self._state.value, "error": list(self._errors),
                                       "time": _now_iso(),
                                       "series_unique_id": self._series_unique_id}
         # slow, small drift so that a poller sees live values
@@ -434,10 +353,11 @@ class FakeDCU:
     def _coerce(self, subsystem: str, d: ParamDef, value: Any, check_limits: bool) -> Any:
         where = f"{subsystem}/config/{d.name}"
         if d.darray is not None:
-            try:
-                arr = decode_darray(value)
-            except ValueError as exc:
-                raise FakeDCUError(400, f"{where}: {exc}") from None
+            # the HTTP adapter has decoded the darray JSON
+            if not isinstance(value, np.ndarray):
+                raise FakeDCUError(400, f"{where}: the value must be an array "
+                                        f"(darray of {d.darray})")
+            arr = value
             with self._lock:
                 shape = (self._values["detector"]["y_pixels_in_detector"],
                          self._values["detector"]["x_pixels_in_detector"])
@@ -488,11 +408,8 @@ class FakeDCU:
             values[name] = value
             if subsystem == "detector":
                 self._detector_dependencies(name, value)
-            changed = [name] + [n for n, v in values.items()
-                                if n != name and not _same(before.get(n), v)]
-            for n in changed:
-                self._darray_cache.pop(n, None)
-            return changed
+            return [name] + [n for n, v in values.items()
+                             if n != name and not _same(before.get(n), v)]
 
     def _detector_dependencies(self, name: str, value: Any) -> None:
         det = self._values["detector"]
@@ -555,7 +472,7 @@ class FakeDCU:
                 if value not in d.allowed_values:
                     raise FakeDCUError(400, f"state {value!r} is not one of "
                                             f"{list(d.allowed_values)}")
-                self._state = value
+                self._state = State(value)   # on purpose, past the table
             elif subsystem == "detector" and name == "error":
                 self._errors = [value] if isinstance(value, str) else list(value or [])
             else:
@@ -577,12 +494,12 @@ class FakeDCU:
             elif name in ("restart", "shutdown"):
                 self._end_current(abort=True)
                 with self._lock:
-                    self._state = "na"
+                    self._step(Event.RESTART)
             return None
         try:
-            if subsystem == "filewriter":
+            if subsystem == "filewriter" and self.filestore is not None:
                 self.filestore.command(name)
-            elif subsystem == "monitor":
+            elif subsystem == "monitor" and self.monitorstore is not None:
                 self.monitorstore.command(name)
             elif subsystem == "stream":
                 for a in list(self.stream_adapters):
@@ -597,24 +514,29 @@ class FakeDCU:
     def _wait(self, future: "Future[Any]") -> Any:
         return future.result()
 
+    def _step(self, event: Event) -> None:
+        """Move the state as the table says (lock held); a refused command
+        answers HTTP 409 with the table's text."""
+        try:
+            self._state = next_state(self._state, event)
+        except IllegalCommand as exc:
+            raise FakeDCUError(409, exc.text) from None
+
     def _cmd_initialize(self, body: Optional[dict]) -> None:
         self._end_current(abort=True)
         with self._lock:
-            self._state = "initialize"
+            self._step(Event.INITIALIZE)
         if self.arm_delay:
             time.sleep(self.arm_delay)
         with self._lock:
-            self._state = "idle"
+            self._step(Event.INITIALIZED)
             self._errors = []
         return None
 
     def _cmd_arm(self, body: Optional[dict]) -> Dict[str, int]:
         with self._lock:
-            if self._state not in ("idle", "ready"):
-                raise FakeDCUError(409, f"arm refused: the detector is in state "
-                                        f"'{self._state}'; initialize it (or disarm) first")
+            self._step(Event.ARM)
             old = self._series
-            self._state = "configure"
         if old is not None:
             self._end_series(old, abort=True)
         if self.arm_delay:
@@ -629,12 +551,12 @@ class FakeDCU:
             log.exception("arm failed")
             with self._lock:
                 self._series = None
-                self._state = "error"
+                self._step(Event.ARM_FAILED)
                 self._errors = [f"arm failed: {exc}"]
             raise FakeDCUError(500, f"arm failed: {exc}") from None
         with self._lock:
             if self._series is series and not series.ended:
-                self._state = "ready"
+                self._step(Event.ARMED)
         return {"sequence id": series.series_id}
 
     def _new_series(self) -> _Series:
@@ -673,9 +595,8 @@ class FakeDCU:
     def _cmd_trigger(self, body: Optional[dict]) -> None:
         with self._lock:
             s = self._series
-            if self._state != "ready" or s is None:
-                raise FakeDCUError(409, f"trigger refused: the detector is in state "
-                                        f"'{self._state}', not 'ready'; arm it first")
+            if s is None or not allows(self._state, Event.TRIGGER):
+                raise FakeDCUError(409, refusal(Event.TRIGGER, self._state))
             if s.trigger_mode not in ("ints", "inte"):
                 raise FakeDCUError(409, f"trigger refused: trigger_mode is '{s.trigger_mode}'"
                                         "; the external input triggers this series "
@@ -693,7 +614,7 @@ class FakeDCU:
             s.triggers += 1
             s.requested += s.nimages
             s.pending += 1
-            self._state = "acquire"
+            self._step(Event.TRIGGER)
         future = self._engine.submit(self._acquire_job, s, s.nimages, count_time, frame_time)
         self._wait(future)
         return None
@@ -706,9 +627,8 @@ class FakeDCU:
         """
         with self._lock:
             s = self._series
-            if s is None or self._state not in ("ready", "acquire"):
-                raise FakeDCUError(409, f"external trigger ignored: the detector is in state "
-                                        f"'{self._state}'; arm it first")
+            if s is None or not allows(self._state, Event.EXTERNAL_TRIGGER):
+                raise FakeDCUError(409, refusal(Event.EXTERNAL_TRIGGER, self._state))
             if s.trigger_mode not in ("exts", "exte"):
                 raise FakeDCUError(409, f"external trigger ignored: trigger_mode is "
                                         f"'{s.trigger_mode}'; set exts or exte before arm")
@@ -732,7 +652,7 @@ class FakeDCU:
             s.triggers += 1
             s.requested += n
             s.pending += 1
-            self._state = "acquire"
+            self._step(Event.EXTERNAL_TRIGGER)
         self._engine.submit(self._acquire_job, s, n, count_time, frame_time)
 
     def _cmd_disarm(self, body: Optional[dict]) -> Dict[str, int]:
@@ -790,8 +710,8 @@ class FakeDCU:
                 self._end_job(s)
             else:
                 with self._lock:
-                    if self._series is s and self._state == "acquire" and s.pending == 0:
-                        self._state = "ready"
+                    if self._series is s and s.pending == 0:
+                        self._step(Event.FRAMES_DONE)
 
     def _produce(self, s: _Series, n: int, count_time: float, frame_time: float) -> None:
         """Make ``n`` frames at ``frame_time`` spacing (absolute schedule, no drift)."""
@@ -842,8 +762,7 @@ class FakeDCU:
         with self._lock:
             if self._series is s:
                 self._series = None
-                if self._state in ("ready", "acquire"):
-                    self._state = "idle"
+                self._step(Event.SERIES_END)
 
     # ------------------------------------------------------------- sinks
     def add_sink(self, sink: FrameSink) -> None:
@@ -858,8 +777,8 @@ class FakeDCU:
 
     # --------------------------------------------------------- lifecycle
     @property
-    def state(self) -> str:
-        """The detector state (na, idle, ready, acquire, configure, initialize, error)."""
+    def state(self) -> State:
+        """The detector state (a str: na, idle, ready, acquire, configure, initialize, error)."""
         with self._lock:
             return self._state
 
@@ -873,11 +792,13 @@ class FakeDCU:
         """A DCU reboot: end any series, state ``na``, defaults, buffers emptied."""
         self._end_current(abort=True)
         with self._lock:
-            self._state = "na"
+            self._step(Event.RESTART)
             self._errors = []
             self._series_unique_id = ""
             self._reset_values()
         for store in (self.filestore, self.monitorstore):
+            if store is None:
+                continue
             try:
                 store.command("clear")
             except Exception:
@@ -890,7 +811,7 @@ class FakeDCU:
                 log.exception("resetting stream adapter %r failed", a)
 
     def close(self) -> None:
-        """End any series and stop the engine and the file writer."""
+        """End any series and stop the engine (the stores are their owner's to close)."""
         if self._closed:
             return
         self._closed = True
@@ -899,12 +820,6 @@ class FakeDCU:
         except Exception:
             log.exception("ending the series at close failed")
         self._engine.shutdown(wait=True)
-        close = getattr(self.filestore, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:
-                log.exception("closing the file writer failed")
 
 
 def _encoder_for(source: Any, s: _Series) -> Optional[Callable[[int], Any]]:

@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import tifffile
 
-from eiger_server.fakedcu.interfaces import Frame, SeriesEnd, SeriesStart
+from eiger_server.fakedcu.interfaces import ConfigSource, Frame, SeriesEnd, SeriesStart
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ class _Image:
 class MonitorStore:
     """Last images of the acquisition for the monitor API."""
 
-    def __init__(self, model: Any) -> None:
-        self._model = model
+    def __init__(self, config: ConfigSource) -> None:
+        self._config_source = config
         self._lock = threading.Lock()
         self._buffer: "collections.OrderedDict[Tuple[int, int], _Image]" = \
             collections.OrderedDict()
@@ -69,13 +69,13 @@ class MonitorStore:
     # ------------------------------------------------------------------ settings
     def _config(self, name: str, default: Any) -> Any:
         try:
-            value = self._model.config_value("monitor", name)
+            value = self._config_source.config_value("monitor", name)
         except Exception:
             return default
         return default if value is None else value
 
     def _enabled(self) -> bool:
-        api = str(getattr(self._model, "api", "1.8.0"))
+        api = str(getattr(self._config_source, "api", "1.8.0"))
         if api.startswith("1.6"):
             return False
         return str(self._config("mode", "disabled")).lower() == "enabled"
