@@ -159,3 +159,11 @@ def test_model_without_stores_serves_their_defaults(model):
     assert model.get("filewriter", "status", "state")["value"] == "ready"
     assert model.get("monitor", "status", "state")["value"] == "ready"
     assert model.put("filewriter", "command", "clear", None) is None
+
+
+def test_model_without_stores_has_an_empty_buffer():
+    m = FakeDCU("1.6.0", "500K")
+    try:
+        assert m.get("detector", "status", "builder/dcu_buffer_free")["value"] == 100.0
+    finally:
+        m.close()

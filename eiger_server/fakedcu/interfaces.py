@@ -8,8 +8,8 @@ serves their status and commands and the HTTP adapter their files and images
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import pathlib
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Protocol
 
 import numpy as np
