@@ -17,8 +17,9 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import cbor2
 import numpy as np
 
-from eiger_server.formats.decode import (DECTRIS_COMPRESSION_TAG, MULTIDIM_ARRAY_TAG, SELF_DESCRIBE_TAG,
-                       Compressed, Encoded, typed_array_dtype)
+from eiger_server.formats.cbor import (DECTRIS_COMPRESSION_TAG, MULTIDIM_ARRAY_TAG,
+                                       SELF_DESCRIBE_TAG, typed_array_dtype)
+from eiger_server.formats.decode import Compressed, Encoded
 from eiger_server.formats.stream_events import (Event, ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent,
                            buffer, seconds, valid_channel)
 

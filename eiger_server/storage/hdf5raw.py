@@ -2,9 +2,10 @@
 
 Nothing is decoded: each frame's blob goes into its chunk with h5py's
 ``write_direct_chunk``. A bslz4 blob in the HDF5 framing *is* a chunk of the
-bitshuffle filter (id 32008), an HDF5-framed lz4 blob a chunk of the LZ4
-filter (32004); a stream V1 ``lz4<`` blob (one bare LZ4 block) gets the
-16-byte LZ4-filter framing put in front, and raw data is stored unfiltered.
+bitshuffle filter, an HDF5-framed lz4 blob a chunk of the LZ4 filter; a
+stream V1 ``lz4<`` blob (one bare LZ4 block) gets the 16-byte LZ4-filter
+framing put in front, and raw data is stored unfiltered (the framings and
+filters: :mod:`eiger_server.formats.compression`).
 ``hdf5plugin`` registers the filters, so h5py reads the files back.
 
 Layout (like the DCU's own NXmx files)::
@@ -30,59 +31,44 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import struct
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import h5py
-import hdf5plugin
 import numpy as np
 
 from eiger_server.storage import paths
-from eiger_server.formats.decode import _V1_BSLZ4, Encoded
+from eiger_server.formats.compression import hdf5_filter, lz4_hdf5_frame, v1_method
+from eiger_server.formats.decode import Encoded
 from eiger_server.errors import DataError
 from eiger_server.formats.stream_events import valid_channel
 
 log = logging.getLogger(__name__)
 
-BSHUF_FILTER = 32008
-LZ4_FILTER = 32004
 DEFAULT_IMAGES_PER_FILE = 1000
-_LZ4_FRAMING = struct.Struct(">QII")
 
 
 def chunk_kind(encoded: Encoded) -> Tuple[str, int]:
-    """("bslz4"|"lz4"|"lz4-bare"|"raw", elem_size) of one channel's blob."""
+    """(compression method: "bslz4"|"lz4"|"lz4-raw"|"none", elem_size) of one
+    channel's blob."""
     if encoded.v2:
         kind = str(encoded.encoding)
         if kind not in ("bslz4", "lz4", "raw"):
             raise DataError(f"HDF5RAW: compression '{kind}' cannot be stored as HDF5 chunks")
-        return kind, int(encoded.elem_size) or np.dtype(encoded.dtype).itemsize
+        return ("none" if kind == "raw" else kind,
+                int(encoded.elem_size) or np.dtype(encoded.dtype).itemsize)
     encoding = str(encoded.encoding)
-    if encoding == "<":
-        return "raw", np.dtype(encoded.dtype).itemsize
-    if encoding == "lz4<":
-        return "lz4-bare", np.dtype(encoded.dtype).itemsize
-    match = _V1_BSLZ4.match(encoding)
-    if match and match.group(2) == "<":
-        return "bslz4", int(match.group(1)) // 8
+    method = v1_method(encoding)
+    if method is not None:
+        return method[0], method[1] or np.dtype(encoded.dtype).itemsize
     raise DataError(f"HDF5RAW: stream encoding '{encoding}' cannot be stored as HDF5 chunks")
-
-
-def _filter_kwargs(kind: str, elem_size: int) -> Dict[str, Any]:
-    if kind == "bslz4":
-        return dict(hdf5plugin.Bitshuffle(nelems=0, cname="lz4"))
-    if kind in ("lz4", "lz4-bare"):
-        return dict(hdf5plugin.LZ4(nbytes=0))
-    return {}
 
 
 def _chunk_bytes(kind: str, encoded: Encoded) -> Any:
     data = encoded.data
-    if kind == "lz4-bare":
-        # LZ4 filter framing: total size, block size (= total: one block), block length
+    if kind == "lz4-raw":      # one bare block: add the LZ4-filter framing
         total = encoded.shape[0] * encoded.shape[1] * np.dtype(encoded.dtype).itemsize
-        return _LZ4_FRAMING.pack(total, total, memoryview(data).nbytes) + bytes(data)
+        return lz4_hdf5_frame(data, total)
     return data
 
 
@@ -249,7 +235,7 @@ class Hdf5RawWriter:
             dataset = data.create_dataset(
                 "data", shape=(rows, height, width), maxshape=(per_file, height, width),
                 dtype=channel.dtype, chunks=(1, height, width),
-                **_filter_kwargs(channel.kind, channel.elem_size))
+                **hdf5_filter(channel.kind))
         except BaseException:
             try:
                 handle.close()

@@ -27,7 +27,13 @@ import numpy as np
 import zmq
 from cbor2 import CBORTag
 
-from eiger_server.formats.encode import Buffer, compress_buffer, lz4_hdf5_single_block, v1_encoding
+from eiger_server.formats.cbor import (DECTRIS_COMPRESSION_TAG as _DECTRIS_COMPRESSION,
+                                       MULTIDIM_ARRAY_TAG as _MULTIDIM,
+                                       SELF_DESCRIBE_TAG as _SELF_DESCRIBE, head as _cbor_head,
+                                       le_contiguous as _le_contiguous,
+                                       multidim_array as cbor_array, typed_array_tag)
+from eiger_server.formats.compression import (Buffer, compress_buffer, lz4_hdf5_single_block,
+                                              v1_encoding)
 from eiger_server.fakedcu.interfaces import Frame, SeriesEnd, SeriesStart
 
 log = logging.getLogger(__name__)
@@ -36,20 +42,8 @@ __all__ = [
     "StreamFaults",
     "StreamV1Adapter",
     "StreamV2Adapter",
-    "TYPED_ARRAY_TAGS",
-    "cbor_array",
-    "typed_array_tag",
 ]
 
-#: RFC 8746 typed-array tags (little-endian variants) by numpy dtype string.
-TYPED_ARRAY_TAGS: Dict[str, int] = {
-    "|u1": 64, "<u2": 69, "<u4": 70, "<u8": 71,
-    "|i1": 72, "<i2": 77, "<i4": 78, "<i8": 79,
-    "<f2": 84, "<f4": 85, "<f8": 86,
-}
-_SELF_DESCRIBE = 55799
-_MULTIDIM = 40
-_DECTRIS_COMPRESSION = 56500
 _NS = 1_000_000_000
 _BOGUS_ENCODING = "zstd-bogus<"
 _BOGUS_ALGORITHM = "bogus"
@@ -58,16 +52,6 @@ _DEFAULT_QUEUE_FRAMES = 256
 _DEFAULT_QUEUE_BYTES = 1 << 30
 _DEFAULT_SNDHWM = 64
 _POLL_MS = 100
-
-
-def typed_array_tag(dtype: np.dtype) -> int:
-    """The RFC 8746 tag for little-endian arrays of ``dtype``."""
-    dt = np.dtype(dtype).newbyteorder("<")
-    try:
-        return TYPED_ARRAY_TAGS[dt.str]
-    except KeyError:
-        raise ValueError(f"no RFC 8746 typed-array tag for dtype {dt}: "
-                         "use an unsigned/signed integer or float type") from None
 
 
 @dataclass
@@ -96,13 +80,6 @@ def _garble(blob: Buffer) -> bytes:
     for i in range(min(16, len(cut))):
         cut[i] ^= 0xFF
     return bytes(cut)
-
-
-def _le_contiguous(array: np.ndarray) -> np.ndarray:
-    array = np.asarray(array)
-    if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(array)
 
 
 def _appendix_bytes(value: Any) -> bytes:
@@ -556,27 +533,10 @@ def _threshold_energy(config: Dict[str, Any], channel: str) -> Any:
     return None
 
 
-def _cbor_head(major: int, value: int) -> bytes:
-    """The initial bytes of a CBOR item: major type and argument (RFC 8949 3.1)."""
-    if value < 24:
-        return bytes([(major << 5) | value])
-    for code, fmt in ((24, ">B"), (25, ">H"), (26, ">I"), (27, ">Q")):
-        if value < 1 << (8 * struct.calcsize(fmt)):
-            return bytes([(major << 5) | code]) + struct.pack(fmt, value)
-    raise ValueError(f"CBOR argument {value} too large")
-
-
 _SELF_DESCRIBE_HEAD = _cbor_head(6, _SELF_DESCRIBE)
 _TAG40_ARRAY2 = _cbor_head(6, _MULTIDIM) + _cbor_head(4, 2)
 _TAG56500_ARRAY3 = _cbor_head(6, _DECTRIS_COMPRESSION) + _cbor_head(4, 3)
 _DATA_KEY = cbor2.dumps("data")
-
-
-def cbor_array(array: np.ndarray) -> CBORTag:
-    """An RFC 8746 multi-dimensional array (row-major) of raw little-endian data."""
-    array = _le_contiguous(array)
-    return CBORTag(_MULTIDIM, [list(array.shape),
-                               CBORTag(typed_array_tag(array.dtype), array.tobytes())])
 
 
 class StreamV2Adapter(_StreamAdapter):

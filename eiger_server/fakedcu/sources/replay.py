@@ -29,8 +29,10 @@ import numpy as np
 import zmq
 from cbor2 import CBORTag
 
-from eiger_server.formats.encode import compress
-from eiger_server.fakedcu.adapters.streams import TYPED_ARRAY_TAGS
+from eiger_server.formats.cbor import (DECTRIS_COMPRESSION_TAG as _DECTRIS_COMPRESSION,
+                                       MULTIDIM_ARRAY_TAG as _MULTIDIM,
+                                       SELF_DESCRIBE_TAG as _SELF_DESCRIBE, typed_array_dtype)
+from eiger_server.formats.compression import compress, filter_method
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +49,6 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 
-_TAG_DTYPES: Dict[int, np.dtype] = {tag: np.dtype(s) for s, tag in TYPED_ARRAY_TAGS.items()}
-_SELF_DESCRIBE = 55799
-_MULTIDIM = 40
-_DECTRIS_COMPRESSION = 56500
-# HDF5 filter ids of the DECTRIS compressions
-_FILTER_BSLZ4 = 32008
-_FILTER_LZ4 = 32004
 
 
 def fit_frame(array: np.ndarray, width: int, height: int, dtype: np.dtype) -> np.ndarray:
@@ -135,14 +130,7 @@ class Hdf5ReplaySource:
         if not chunks or chunks[0] != 1 or tuple(chunks[1:]) != tuple(ds.shape[1:]):
             return "other"   # not one image per chunk: no raw chunk fast path
         plist = ds.id.get_create_plist()
-        filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
-        if filters == [_FILTER_BSLZ4]:
-            return "bslz4"
-        if filters == [_FILTER_LZ4]:
-            return "lz4"
-        if not filters:
-            return "none"
-        return "other"
+        return filter_method([plist.get_filter(i)[0] for i in range(plist.get_nfilters())])
 
     def _locate(self, index: int) -> Tuple[h5py.Dataset, int]:
         i = index % self.nframes
@@ -209,9 +197,10 @@ def decode_message(blob: bytes) -> Dict[str, Any]:
 
 
 def _typed_array(tag: CBORTag) -> Tuple[np.dtype, Any]:
-    if not isinstance(tag, CBORTag) or tag.tag not in _TAG_DTYPES:
+    dtype = typed_array_dtype(tag.tag) if isinstance(tag, CBORTag) else None
+    if dtype is None:
         raise ValueError(f"expected an RFC 8746 typed array, got {tag!r:.60}")
-    return _TAG_DTYPES[tag.tag], tag.value
+    return dtype, tag.value
 
 
 def decode_image_data(value: CBORTag) -> np.ndarray:
