@@ -12,6 +12,8 @@ from typing import Dict, Optional
 import numpy as np
 from cbor2 import CBORTag
 
+from eiger_server.formats.compression import le_contiguous
+
 SELF_DESCRIBE_TAG = 55799          # RFC 8949 3.4.6, in front of every V2 message
 MULTIDIM_ARRAY_TAG = 40            # RFC 8746 row-major [dimensions, typed array]
 DECTRIS_COMPRESSION_TAG = 56500    # DECTRIS [algorithm, elem_size, compressed bytes]
@@ -52,14 +54,6 @@ def head(major: int, value: int) -> bytes:
         if value < 1 << (8 * struct.calcsize(fmt)):
             return bytes([(major << 5) | code]) + struct.pack(fmt, value)
     raise ValueError(f"CBOR argument {value} too large")
-
-
-def le_contiguous(array: np.ndarray) -> np.ndarray:
-    """``array`` as little-endian C-contiguous data (a copy only if needed)."""
-    array = np.asarray(array)
-    if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(array)
 
 
 def typed_array(array: np.ndarray) -> CBORTag:

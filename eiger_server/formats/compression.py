@@ -46,6 +46,7 @@ __all__ = [
     "decompress",
     "filter_method",
     "hdf5_filter",
+    "le_contiguous",
     "lz4_hdf5_frame",
     "lz4_hdf5_single_block",
     "v1_encoding",
@@ -80,8 +81,9 @@ def _prefix(what: str) -> str:
 
 
 # ----------------------------------------------------------------- compress
-def _contiguous(array: np.ndarray) -> np.ndarray:
+def le_contiguous(array: np.ndarray) -> np.ndarray:
     """The array as little-endian C-contiguous data (a copy only if needed)."""
+    array = np.asarray(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     return np.ascontiguousarray(array)
@@ -124,7 +126,7 @@ def compress_buffer(array: np.ndarray, method: str) -> Buffer:
     cbor2, hashlib); the caller must keep ``array`` unchanged while the view
     is in use.
     """
-    array = _contiguous(array)
+    array = le_contiguous(array)
     if method == "none":
         return memoryview(array).cast("B")
     if method == "bslz4":
