@@ -30,12 +30,11 @@ import h5py
 import numpy as np
 
 from eiger_server.formats.compression import hdf5_filter
+from eiger_server.formats.stream_v2 import GONIOMETER_AXES
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GONIOMETER_AXES", "create_data", "label_data", "write_master"]
-
-GONIOMETER_AXES = ("omega", "phi", "chi", "kappa", "two_theta")
+__all__ = ["create_data", "label_data", "now_iso", "write_master"]
 
 # NXdetector dataset -> (names to read, SIMPLON first, then V2), units
 _DETECTOR: Tuple[Tuple[str, Tuple[str, ...], Optional[str]], ...] = (
@@ -87,7 +86,7 @@ def _group(parent: h5py.Group, name: str, nx_class: str) -> h5py.Group:
     return group
 
 
-def put(group: h5py.Group, name: str, value: Any, units: Optional[str] = None) -> None:
+def _put(group: h5py.Group, name: str, value: Any, units: Optional[str] = None) -> None:
     """Store one scalar/array value; values that are absent or not storable are
     skipped, and so is a name the group already holds."""
     if value is None or name in group:
@@ -161,7 +160,7 @@ def write_master(f: h5py.File, config: Mapping[str, Any], *, nimages: int, ntrig
             value = _first(config, names) or np.dtype(dtype).itemsize * 8
         else:
             value = _first(config, names)
-        put(det, name, value, units)
+        _put(det, name, value, units)
 
     spec = det.require_group("detectorSpecific")
     for name, value in (("nimages", int(nimages)), ("ntrigger", int(ntrigger)),
@@ -172,10 +171,10 @@ def write_master(f: h5py.File, config: Mapping[str, Any], *, nimages: int, ntrig
                         ("software_version", config.get("software_version", software_version)),
                         ("compression", compression),
                         ):
-        put(spec, name, value)
+        _put(spec, name, value)
     for name, names, units in _SPECIFIC:
-        put(spec, name, _first(config, names), units)
-    put(spec, "channels", ",".join(channels))
+        _put(spec, name, _first(config, names), units)
+    _put(spec, "channels", ",".join(channels))
     # Masks are big but mostly constant: gzip keeps them small and readable without plugins.
     for name, array, kind in (("pixel_mask", pixel_mask, np.uint32),
                               ("flatfield", flatfield, np.float32),
@@ -188,10 +187,10 @@ def write_master(f: h5py.File, config: Mapping[str, Any], *, nimages: int, ntrig
         spec.create_dataset(name, data=array, **opts)
     for key, value in specific.items():
         if isinstance(value, (int, float, str, bool, np.generic)):
-            put(spec, str(key).replace("/", "_"), value)
+            _put(spec, str(key).replace("/", "_"), value)
 
     beam = _group(instrument, "beam", "NXbeam")
-    put(beam, "incident_wavelength", _first(config, ("wavelength", "incident_wavelength")),
+    _put(beam, "incident_wavelength", _first(config, ("wavelength", "incident_wavelength")),
         "angstrom")
 
     sample = _group(entry, "sample", "NXsample")
@@ -199,10 +198,10 @@ def write_master(f: h5py.File, config: Mapping[str, Any], *, nimages: int, ntrig
     nframes = int(nimages) * max(1, int(ntrigger))
     for axis, (first, step) in _goniometer(config).items():
         positions = first + step * np.arange(nframes, dtype=np.float64)
-        put(gonio, axis, positions, "degree")
-        put(gonio, f"{axis}_end", positions + step, "degree")
-        put(gonio, f"{axis}_range_average", step, "degree")
-        put(gonio, f"{axis}_range_total", step * nframes, "degree")
+        _put(gonio, axis, positions, "degree")
+        _put(gonio, f"{axis}_end", positions + step, "degree")
+        _put(gonio, f"{axis}_range_average", step, "degree")
+        _put(gonio, f"{axis}_range_total", step * nframes, "degree")
 
     data = _group(entry, "data", "NXdata")
     for name, path in links.items():

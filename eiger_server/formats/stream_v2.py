@@ -200,6 +200,7 @@ _OPTIONAL = {
     "pixel_mask_enabled": (("pixel_mask_applied",), bool),
     "virtual_pixel_interpolation_enabled": (("virtual_pixel_correction_applied",), bool),
 }
+# SIMPLON <axis>_start/<axis>_increment; the V2 ``goniometer`` map; the NXmx master.
 GONIOMETER_AXES = ("chi", "kappa", "omega", "phi", "two_theta")
 _NS = 1_000_000_000
 

@@ -45,7 +45,6 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 
 
-
 def fit_frame(array: np.ndarray, width: int, height: int, dtype: np.dtype) -> np.ndarray:
     """``array`` as a (height, width) image of ``dtype``: cropped or zero-padded,
     values clipped to the type's range. Returned unchanged when it already fits."""
@@ -193,8 +192,9 @@ def decode_message(blob: bytes) -> Dict[str, Any]:
 
 def _channel_data(value: Any) -> Encoded:
     if not isinstance(value, Encoded):
-        reason = getattr(value, "reason", "not an RFC 8746 multi-dimensional array (tag 40)")
-        raise ValueError(f"image data is {reason}")
+        reason = getattr(value, "reason", "it is not an RFC 8746 multi-dimensional array "
+                                          "(tag 40)")
+        raise ValueError(f"image data not understood: {reason}")
     return value
 
 

@@ -80,7 +80,6 @@ class _Series:
     prefix: str
     nper: int
     nr_start: int
-    filter_kwargs: Dict[str, Any]
     compression: str                # of the stored chunks: "bslz4", "lz4" or "none"
     direct: bool                    # Frame.encoded blobs can go straight into chunks
     channel: Optional[str]
@@ -385,7 +384,6 @@ class FileWriterStore:
         master_temp = self.directory / f".{master_name}.part"
         master = h5py.File(master_temp, "w", rdcc_nbytes=0)
         series = _Series(start=start, prefix=prefix, nper=nper, nr_start=nr_start,
-                         filter_kwargs=filters,
                          compression=start.compression if filters else "none",
                          direct=bool(filters),
                          channel=start.channels[0] if start.channels else None,
