@@ -23,7 +23,7 @@ import pytest
 import zmq
 from cbor2 import CBORTag
 
-from eiger_server.formats.encode import compress, lz4_hdf5_single_block, v1_encoding
+from eiger_server.formats.compression import compress, lz4_hdf5_single_block, v1_encoding
 from eiger_server.fakedcu.interfaces import Frame, SeriesEnd, SeriesStart
 from eiger_server.fakedcu.sources.replay import (CborReplaySource, Hdf5ReplaySource,
                                          PrecompressedCache, push_capture)

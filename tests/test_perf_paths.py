@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eiger_server.formats import decode
+from eiger_server.formats import compression, decode
 from eiger_server.stream import imageproc
 from eiger_server.formats.decode import DecodeError, Encoded, decode_rows
-from eiger_server.formats.encode import compress
+from eiger_server.formats.compression import compress
 from eiger_server.storage.hdf5raw import Hdf5RawWriter, read_frames
 from eiger_server.formats.stream_v2 import parse as parse_v2
 from eiger_server.storage.tiff import TiffSaver
@@ -47,7 +47,7 @@ def test_partial_roi_decode_equals_full_decode_then_slice(dtype, shape):
 def test_partial_decode_reads_only_the_blocks_it_needs():
     image = np.arange(64 * 1024, dtype=np.uint16).reshape(64, 1024)
     blob = compress(image, "bslz4")
-    sub, first, n = decode.bslz4_block_range(blob, 10 * 1024, 11 * 1024, 2)
+    sub, first, n = compression.bslz4_block_range(blob, 10 * 1024, 11 * 1024, 2)
     # 4096 elements per 8192-byte block: rows 10 are in block 2 alone
     assert (first, n) == (8192, 4096)
     assert len(sub) < len(blob) / 4

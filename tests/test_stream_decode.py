@@ -25,7 +25,8 @@ from eiger_server.stream import imageproc
 from eiger_server.formats import stream_v1
 from eiger_server.formats import stream_v2
 from eiger_server.storage import tiff
-from eiger_server.formats.decode import DecodeError, decode, decode_v2, typed_array_dtype
+from eiger_server.formats.cbor import typed_array_dtype
+from eiger_server.formats.decode import DecodeError, decode, decode_v2
 from eiger_server.errors import DataError
 from eiger_server.stream.receiver import StreamReceiver
 from eiger_server.formats.stream_events import ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent

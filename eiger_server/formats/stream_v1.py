@@ -10,15 +10,18 @@ Message layouts (SIMPLON.md):
   image appendix if any;
 * ``dseries_end-1.0``.
 
-Blobs stay zero-copy views of the zmq frames; nothing is decoded here.
+:func:`parse` reads one message; blobs stay zero-copy views of the zmq
+frames, nothing is decoded here. ``encode_*`` build the same messages (the
+fake DCU sends them).
 """
 from __future__ import annotations
 
 import json
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from eiger_server.formats.compression import le_contiguous
 from eiger_server.formats.decode import Encoded
 from eiger_server.formats.stream_events import (Event, ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent,
                            buffer as _buffer, seconds)
@@ -135,3 +138,91 @@ def _image(head: dict, parts: Sequence[Any], series: Optional[int],
                         stop_time=seconds(times.get("stop_time"), _NS),
                         real_time=seconds(times.get("real_time"), _NS),
                         appendix=appendix, parts=list(parts))
+
+
+# ------------------------------------------------------------------ encoding
+# The fake DCU sends what these build; parse() above reads it back.
+Part = Union[bytes, memoryview]
+
+
+def _dumps(obj: Dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _appendix_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return json.dumps(value).encode("utf-8")
+
+
+def _json_value(value: Any) -> Tuple[bool, Any]:
+    """(keep, value) for one config entry of the header; arrays are left out."""
+    if isinstance(value, np.generic):
+        return True, value.item()
+    if isinstance(value, (np.ndarray, bytes, bytearray, memoryview)):
+        return False, None
+    if isinstance(value, dict) and "__darray__" in value:
+        return False, None
+    return True, value
+
+
+def encode_header(series: int, header_detail: str, config: Mapping[str, Any], *,
+                  flatfield: Optional[np.ndarray] = None,
+                  pixel_mask: Optional[np.ndarray] = None,
+                  countrate_table: Optional[np.ndarray] = None,
+                  appendix: Any = None) -> List[Part]:
+    """The parts of a ``dheader-1.0`` message: the configuration with detail
+    ``basic``/``all`` (arrays in it left out), the three arrays with ``all``
+    (an absent one is skipped), the appendix when there is one."""
+    parts: List[Part] = [_dumps({"htype": "dheader-1.0", "series": int(series),
+                                 "header_detail": header_detail})]
+    if header_detail in ("basic", "all"):
+        plain = {}
+        for name, value in config.items():
+            keep, value = _json_value(value)
+            if keep:
+                plain[name] = value
+        parts.append(json.dumps(plain, default=str).encode())
+    if header_detail == "all":
+        for htype, array in (("dflatfield-1.0", flatfield), ("dpixelmask-1.0", pixel_mask),
+                             ("dcountrate_table-1.0", countrate_table)):
+            if array is None:
+                continue
+            array = le_contiguous(array)
+            parts.append(_dumps({"htype": htype, "shape": list(array.shape[::-1]),
+                                 "type": array.dtype.name}))
+            parts.append(memoryview(array).cast("B"))
+    if appendix:
+        parts.append(_appendix_bytes(appendix))
+    return parts
+
+
+def encode_image(series: int, frame: int, image: Encoded, *, hash: str = "",
+                 times_ns: Tuple[int, int, int] = (0, 0, 0), appendix: Any = None,
+                 size: Optional[int] = None) -> List[Part]:
+    """The parts of one image message: ``dimage-1.0``, ``dimage_d-1.0``, the
+    blob as is (zero-copy), ``dconfig-1.0`` with (start, stop, real) times in
+    ns, the appendix when there is one. ``size`` overrides the announced blob
+    size (the fake DCU's corrupt-frame fault keeps the true one)."""
+    height, width = (int(n) for n in image.shape)
+    start_ns, stop_ns, real_ns = times_ns
+    parts: List[Part] = [
+        _dumps({"htype": "dimage-1.0", "series": int(series), "frame": int(frame),
+                "hash": hash}),
+        _dumps({"htype": "dimage_d-1.0", "shape": [width, height],
+                "type": np.dtype(image.dtype).name, "encoding": str(image.encoding),
+                "size": memoryview(image.data).nbytes if size is None else int(size)}),
+        image.data,
+        _dumps({"htype": "dconfig-1.0", "start_time": start_ns, "stop_time": stop_ns,
+                "real_time": real_ns}),
+    ]
+    if appendix:
+        parts.append(_appendix_bytes(appendix))
+    return parts
+
+
+def encode_end(series: int) -> List[Part]:
+    """The one part of a ``dseries_end-1.0`` message."""
+    return [_dumps({"htype": "dseries_end-1.0", "series": int(series)})]

@@ -7,18 +7,23 @@ DECTRIS tag 56500 ``[algorithm, elem_size, bytes]``. The tag hook turns these
 into :class:`~eiger_server.formats.decode.Encoded` objects without decompressing:
 decoding is left to the worker threads.
 
+:func:`parse` reads one message; ``start_message``/``encode_*`` build them
+(the fake DCU sends them).
+
 cbor2 >= 6 calls ``tag_hook(tag, immutable)``; older releases call
 ``tag_hook(decoder, tag[, shareable_index])``. The hook accepts both.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import cbor2
 import numpy as np
 
-from eiger_server.formats.decode import (DECTRIS_COMPRESSION_TAG, MULTIDIM_ARRAY_TAG, SELF_DESCRIBE_TAG,
-                       Compressed, Encoded, typed_array_dtype)
+from eiger_server.formats.cbor import (DECTRIS_COMPRESSION_TAG, MULTIDIM_ARRAY_TAG,
+                                       SELF_DESCRIBE_TAG, head, multidim_array, typed_array,
+                                       typed_array_dtype, typed_array_tag)
+from eiger_server.formats.decode import Compressed, Encoded
 from eiger_server.formats.stream_events import (Event, ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent,
                            buffer, seconds, valid_channel)
 
@@ -167,3 +172,174 @@ def _image(message: Mapping, series: Optional[int], frame: int) -> ImageMessage:
                         real_time=seconds(message.get("real_time")),
                         appendix=message.get("user_data"),
                         unique_id=str(message.get("series_unique_id", "")))
+
+
+# ------------------------------------------------------------------ encoding
+# The fake DCU sends what these build; parse() above reads it back.
+
+# start message field -> SIMPLON config names to take it from (first one present)
+_REQUIRED = {
+    "beam_center_x": ("beam_center_x",),
+    "beam_center_y": ("beam_center_y",),
+    "count_time": ("count_time",),
+    "frame_time": ("frame_time",),
+    "detector_distance": ("detector_distance",),
+    "incident_energy": ("incident_energy", "photon_energy"),
+    "incident_wavelength": ("wavelength", "incident_wavelength"),
+}
+_OPTIONAL = {
+    "detector_description": (("description",), str),
+    "detector_serial_number": (("detector_number",), str),
+    "pixel_size_x": (("x_pixel_size",), float),
+    "pixel_size_y": (("y_pixel_size",), float),
+    "sensor_material": (("sensor_material",), str),
+    "sensor_thickness": (("sensor_thickness",), float),
+    "saturation_value": (("countrate_correction_count_cutoff",), int),
+    "countrate_correction_enabled": (("countrate_correction_applied",), bool),
+    "flatfield_enabled": (("flatfield_correction_applied",), bool),
+    "pixel_mask_enabled": (("pixel_mask_applied",), bool),
+    "virtual_pixel_interpolation_enabled": (("virtual_pixel_correction_applied",), bool),
+}
+# SIMPLON <axis>_start/<axis>_increment; the V2 ``goniometer`` map; the NXmx master.
+GONIOMETER_AXES = ("chi", "kappa", "omega", "phi", "two_theta")
+_NS = 1_000_000_000
+
+
+def _first(config: Mapping[str, Any], names: Tuple[str, ...]) -> Any:
+    for name in names:
+        if name in config and config[name] is not None:
+            return config[name]
+    return None
+
+
+def _threshold_energy(config: Mapping[str, Any], channel: str) -> Any:
+    if channel.startswith("threshold_"):
+        n = channel[len("threshold_"):]
+        value = _first(config, (f"threshold/{n}/energy",))
+        if value is None and n == "1":
+            value = config.get("threshold_energy")
+        return value
+    return None
+
+
+def _dumps(message: Mapping[str, Any]) -> bytes:
+    return cbor2.dumps(cbor2.CBORTag(SELF_DESCRIBE_TAG, dict(message)))
+
+
+def start_message(series_id: int, unique_id: str, arm_date: Any,
+                  config: Mapping[str, Any], *, nimages: int, width: int, height: int,
+                  dtype: Any, channels: Sequence[str],
+                  pixel_mask: Optional[np.ndarray] = None,
+                  flatfield: Optional[np.ndarray] = None,
+                  countrate_table: Optional[np.ndarray] = None,
+                  user_data: Any = None) -> Dict[str, Any]:
+    """The ``start`` message of a series, its fields taken from the detector's
+    SIMPLON ``config`` (absent numbers of the required fields become 0.0).
+    Arrays given are sent, masks and flatfield once per channel."""
+    msg: Dict[str, Any] = {"type": "start", "series_id": int(series_id),
+                           "series_unique_id": unique_id, "arm_date": arm_date}
+    for key, names in _REQUIRED.items():
+        try:
+            msg[key] = float(_first(config, names))
+        except (TypeError, ValueError):   # absent or not a number in the snapshot
+            msg[key] = 0.0
+    msg["number_of_images"] = int(nimages)
+    msg["image_size_x"] = int(width)
+    msg["image_size_y"] = int(height)
+    msg["image_dtype"] = np.dtype(dtype).name
+    msg["channels"] = list(channels)
+    energies = {}
+    for channel in channels:
+        value = _threshold_energy(config, channel)
+        if value is not None:
+            energies[channel] = float(value)
+    msg["threshold_energy"] = energies
+    for key, (names, kind) in _OPTIONAL.items():
+        value = _first(config, names)
+        if value is not None:
+            try:
+                msg[key] = kind(value)
+            except (TypeError, ValueError):
+                pass
+    goniometer = {}
+    for axis in GONIOMETER_AXES:
+        begin = config.get(f"{axis}_start")
+        step = config.get(f"{axis}_increment")
+        if begin is not None or step is not None:
+            goniometer[axis] = {"start": float(begin or 0.0), "increment": float(step or 0.0)}
+    if goniometer:
+        msg["goniometer"] = goniometer
+    msg["detector_translation"] = [0.0, 0.0, msg["detector_distance"]]
+    if pixel_mask is not None:
+        mask = multidim_array(np.asarray(pixel_mask, dtype="<u4"))
+        msg["pixel_mask"] = {ch: mask for ch in channels}
+    if flatfield is not None:
+        flat = multidim_array(np.asarray(flatfield, dtype="<f4"))
+        msg["flatfield"] = {ch: flat for ch in channels}
+    if countrate_table is not None:
+        msg["countrate_correction_lookup_table"] = typed_array(countrate_table)
+    if user_data:
+        msg["user_data"] = user_data
+    return msg
+
+
+def encode_start(message: Mapping[str, Any]) -> bytes:
+    """A start message (see :func:`start_message`) as one self-described CBOR map."""
+    return _dumps(message)
+
+
+_SELF_DESCRIBE_HEAD = head(6, SELF_DESCRIBE_TAG)
+_TAG40_ARRAY2 = head(6, MULTIDIM_ARRAY_TAG) + head(4, 2)
+_TAG56500_ARRAY3 = head(6, DECTRIS_COMPRESSION_TAG) + head(4, 3)
+_DATA_KEY = cbor2.dumps("data")
+
+
+def _channel_fragments(image: Encoded) -> List[Any]:
+    """CBOR of one ``data`` entry: tag 40 [[h, w], typed array (maybe tag 56500)]."""
+    height, width = (int(n) for n in image.shape)
+    out: List[Any] = [_TAG40_ARRAY2, cbor2.dumps([height, width]),
+                      head(6, typed_array_tag(image.dtype))]
+    if image.encoding not in ("raw", "none"):
+        out += [_TAG56500_ARRAY3, cbor2.dumps(str(image.encoding)),
+                cbor2.dumps(int(image.elem_size))]
+    out += [head(2, memoryview(image.data).nbytes), image.data]
+    return out
+
+
+def encode_image(series_id: int, unique_id: str, image_id: int,
+                 channels: Mapping[str, Encoded], *, series_date: Any = None,
+                 times_ns: Tuple[int, int, int] = (0, 0, 0),
+                 user_data: Any = None) -> bytes:
+    """One ``image`` message holding every channel. An ``Encoded`` whose
+    encoding is not ``raw`` goes inside tag 56500 [encoding, elem_size, bytes]
+    as is (any name: the fake DCU's bad-encoding fault sends a bogus one).
+    ``times_ns`` are (start, stop, real) in ns, sent as [ns, 10**9]."""
+    start_ns, stop_ns, real_ns = times_ns
+    msg: Dict[str, Any] = {
+        "type": "image",
+        "series_id": int(series_id),
+        "series_unique_id": unique_id,
+        "image_id": int(image_id),
+        "real_time": [int(real_ns), _NS],
+        "series_date": series_date,
+        "start_time": [int(start_ns), _NS],
+        "stop_time": [int(stop_ns), _NS],
+    }
+    if user_data:
+        msg["user_data"] = user_data
+    # The image blobs are spliced in rather than passed through cbor2.dumps:
+    # one join copies each blob once, where cbor2 is several times slower
+    # on multi-megabyte byte strings (and encodes memoryviews as arrays).
+    encoded = cbor2.dumps(msg)
+    parts: List[Any] = [_SELF_DESCRIBE_HEAD, head(5, len(msg) + 1),
+                        memoryview(encoded)[len(head(5, len(msg))):],
+                        _DATA_KEY, head(5, len(channels))]
+    for name, image in channels.items():
+        parts.append(cbor2.dumps(name))
+        parts += _channel_fragments(image)
+    return b"".join(parts)
+
+
+def encode_end(series_id: int, unique_id: str) -> bytes:
+    """The ``end`` message of a series."""
+    return _dumps({"type": "end", "series_id": int(series_id), "series_unique_id": unique_id})

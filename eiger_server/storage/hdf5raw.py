@@ -2,9 +2,10 @@
 
 Nothing is decoded: each frame's blob goes into its chunk with h5py's
 ``write_direct_chunk``. A bslz4 blob in the HDF5 framing *is* a chunk of the
-bitshuffle filter (id 32008), an HDF5-framed lz4 blob a chunk of the LZ4
-filter (32004); a stream V1 ``lz4<`` blob (one bare LZ4 block) gets the
-16-byte LZ4-filter framing put in front, and raw data is stored unfiltered.
+bitshuffle filter, an HDF5-framed lz4 blob a chunk of the LZ4 filter; a
+stream V1 ``lz4<`` blob (one bare LZ4 block) gets the 16-byte LZ4-filter
+framing put in front, and raw data is stored unfiltered (the framings and
+filters: :mod:`eiger_server.formats.compression`).
 ``hdf5plugin`` registers the filters, so h5py reads the files back.
 
 Layout (like the DCU's own NXmx files)::
@@ -30,59 +31,46 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import struct
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import h5py
-import hdf5plugin
 import numpy as np
 
 from eiger_server.storage import paths
-from eiger_server.formats.decode import _V1_BSLZ4, Encoded
+from eiger_server import __version__
+from eiger_server.formats import nxmx
+from eiger_server.formats.compression import lz4_hdf5_frame, v1_method
+from eiger_server.formats.decode import Encoded
 from eiger_server.errors import DataError
-from eiger_server.formats.stream_events import valid_channel
+from eiger_server.formats.stream_events import SeriesHeader, valid_channel
 
 log = logging.getLogger(__name__)
 
-BSHUF_FILTER = 32008
-LZ4_FILTER = 32004
 DEFAULT_IMAGES_PER_FILE = 1000
-_LZ4_FRAMING = struct.Struct(">QII")
 
 
 def chunk_kind(encoded: Encoded) -> Tuple[str, int]:
-    """("bslz4"|"lz4"|"lz4-bare"|"raw", elem_size) of one channel's blob."""
+    """(compression method: "bslz4"|"lz4"|"lz4-raw"|"none", elem_size) of one
+    channel's blob."""
     if encoded.v2:
         kind = str(encoded.encoding)
         if kind not in ("bslz4", "lz4", "raw"):
             raise DataError(f"HDF5RAW: compression '{kind}' cannot be stored as HDF5 chunks")
-        return kind, int(encoded.elem_size) or np.dtype(encoded.dtype).itemsize
+        return ("none" if kind == "raw" else kind,
+                int(encoded.elem_size) or np.dtype(encoded.dtype).itemsize)
     encoding = str(encoded.encoding)
-    if encoding == "<":
-        return "raw", np.dtype(encoded.dtype).itemsize
-    if encoding == "lz4<":
-        return "lz4-bare", np.dtype(encoded.dtype).itemsize
-    match = _V1_BSLZ4.match(encoding)
-    if match and match.group(2) == "<":
-        return "bslz4", int(match.group(1)) // 8
+    method = v1_method(encoding)
+    if method is not None:
+        return method[0], method[1] or np.dtype(encoded.dtype).itemsize
     raise DataError(f"HDF5RAW: stream encoding '{encoding}' cannot be stored as HDF5 chunks")
-
-
-def _filter_kwargs(kind: str, elem_size: int) -> Dict[str, Any]:
-    if kind == "bslz4":
-        return dict(hdf5plugin.Bitshuffle(nelems=0, cname="lz4"))
-    if kind in ("lz4", "lz4-bare"):
-        return dict(hdf5plugin.LZ4(nbytes=0))
-    return {}
 
 
 def _chunk_bytes(kind: str, encoded: Encoded) -> Any:
     data = encoded.data
-    if kind == "lz4-bare":
-        # LZ4 filter framing: total size, block size (= total: one block), block length
+    if kind == "lz4-raw":      # one bare block: add the LZ4-filter framing
         total = encoded.shape[0] * encoded.shape[1] * np.dtype(encoded.dtype).itemsize
-        return _LZ4_FRAMING.pack(total, total, memoryview(data).nbytes) + bytes(data)
+        return lz4_hdf5_frame(data, total)
     return data
 
 
@@ -115,13 +103,19 @@ class Hdf5RawWriter:
         self.frames_written = 0
         self.nimages: Optional[int] = None
         self.metadata: Dict[str, Any] = {}
+        self.header: Optional[SeriesHeader] = None
         self._channels: Dict[str, _Channel] = {}
 
     # -- the saver thread calls these ---------------------------------------
     def start(self, base: str, series: int, *, nimages: Optional[int] = None,
               images_per_file: Optional[int] = None, overwrite: bool = True,
-              metadata: Optional[Mapping[str, Any]] = None) -> str:
+              metadata: Optional[Mapping[str, Any]] = None,
+              header: Optional[SeriesHeader] = None) -> str:
         """Begin series ``series``: files named ``base``_master.h5 etc. Returns the master path.
+
+        The master's NXmx metadata comes from ``header`` (the series header the
+        stream delivered: SIMPLON names with V1, start message fields with V2),
+        then from ``metadata`` (the detector values of the count) for the rest.
 
         Without ``overwrite`` an existing series' files are never touched: the
         series gets the first of ``base``, ``base``-img001, ... for which no
@@ -143,6 +137,7 @@ class Hdf5RawWriter:
         self.overwrite = bool(overwrite)
         self.nimages = int(nimages) if nimages else None
         self.metadata = dict(metadata or {})
+        self.header = header
         self.frames_written = 0
         self._channels = {}
         return master
@@ -242,14 +237,8 @@ class Hdf5RawWriter:
             raise DataError(f"HDF5RAW: cannot create {path}: {exc}; check data_directory "
                             "and the disk") from None
         try:
-            entry = handle.create_group("entry")
-            entry.attrs["NX_class"] = "NXentry"
-            data = entry.create_group("data")
-            data.attrs["NX_class"] = "NXdata"
-            dataset = data.create_dataset(
-                "data", shape=(rows, height, width), maxshape=(per_file, height, width),
-                dtype=channel.dtype, chunks=(1, height, width),
-                **_filter_kwargs(channel.kind, channel.elem_size))
+            dataset = nxmx.create_data(handle, rows, per_file, height, width, channel.dtype,
+                                       channel.kind)
         except BaseException:
             try:
                 handle.close()
@@ -269,40 +258,48 @@ class Hdf5RawWriter:
             used = channel.high - first if channel.high else 0
             if used and used < dataset.shape[0] and not self.nimages:
                 dataset.resize(used, axis=0)
-            dataset.attrs["image_nr_low"] = np.int64(channel.low or first + 1)
-            dataset.attrs["image_nr_high"] = np.int64(channel.high or first)
+            nxmx.label_data(dataset, channel.low or first + 1, channel.high or first)
         finally:
             channel.file = channel.dataset = None
             handle.close()
 
+    def _master_config(self) -> Dict[str, Any]:
+        """The values the master describes: the stream's header over the count's metadata."""
+        config = dict(self.metadata)
+        if self.header is not None:
+            config.update(self.header.config or {})
+        return config
+
     def _write_master(self) -> None:
         temp = paths.temp_name(self.master)
+        config = self._master_config()
+        multi = len(self._channels) > 1
+        links = {}
+        for name, channel in self._channels.items():
+            for number, path in sorted(channel.files.items()):
+                link = f"{name}_{number:06d}" if multi else f"data_{number:06d}"
+                links[link] = os.path.basename(path)
+        first = next(iter(self._channels.values()))
+        try:
+            nimages = int(config.get("nimages") or 0)
+            ntrigger = max(1, int(config.get("ntrigger") or 1))
+        except (TypeError, ValueError):
+            nimages, ntrigger = 0, 1
+        if not nimages:
+            nimages, ntrigger = self.nimages or self.frames_written, 1
+        specific: Dict[str, Any] = {"nimages_per_file": self.images_per_file,
+                                    "series": self.series,
+                                    "frames_written": self.frames_written}
+        specific.update(self.metadata)
         try:
             with h5py.File(temp, "w") as master:
-                entry = master.create_group("entry")
-                entry.attrs["NX_class"] = "NXentry"
-                data = entry.create_group("data")
-                data.attrs["NX_class"] = "NXdata"
-                multi = len(self._channels) > 1
-                for name, channel in self._channels.items():
-                    for number, path in sorted(channel.files.items()):
-                        link = f"{name}_{number:06d}" if multi else f"data_{number:06d}"
-                        data[link] = h5py.ExternalLink(os.path.basename(path), "/entry/data/data")
-                detector = entry.create_group("instrument/detector")
-                detector.attrs["NX_class"] = "NXdetector"
-                specific = detector.create_group("detectorSpecific")
-                specific["nimages_per_file"] = self.images_per_file
-                specific["series"] = self.series
-                specific["frames_written"] = self.frames_written
-                for key, value in self.metadata.items():
-                    name = str(key).replace("/", "_")
-                    if name in specific:
-                        continue
-                    if isinstance(value, (int, float, str, bool, np.generic)):
-                        try:
-                            specific[name] = value
-                        except (TypeError, ValueError):
-                            continue
+                nxmx.write_master(
+                    master, config, nimages=nimages, ntrigger=ntrigger,
+                    width=first.shape[1], height=first.shape[0], dtype=first.dtype,
+                    compression="lz4" if first.kind == "lz4-raw" else first.kind,
+                    channels=list(self._channels),
+                    software_version=f"eiger_server {__version__} HDF5RAW",
+                    links=links, specific=specific)
             os.replace(temp, self.master)
             paths.fsync_dir(os.path.dirname(self.master))
         except (OSError, RuntimeError) as exc:

@@ -115,6 +115,7 @@ class StreamHandler:
         self._seq = 0
         self._series_meta: Dict[int, Dict[str, Any]] = {}
         self._series_channels: Dict[int, List[str]] = {}
+        self._series_headers: Dict[int, SeriesHeader] = {}   # for the HDF5RAW master
         self._count_meta: Dict[str, Any] = {}
         # count state (under _lock)
         self._gen = 0
@@ -555,9 +556,11 @@ class StreamHandler:
         elif isinstance(event, SeriesHeader):
             self._series_meta[event.series] = self._header_meta(event)
             self._series_channels[event.series] = list(event.channels)
+            self._series_headers[event.series] = event
             for old in [s for s in self._series_meta if s != event.series][:-8]:
                 self._series_meta.pop(old, None)
                 self._series_channels.pop(old, None)
+                self._series_headers.pop(old, None)
         elif isinstance(event, StreamErrorEvent):
             if event.frame is not None:
                 # an image that came but cannot be read is lost for the user
@@ -805,7 +808,8 @@ class StreamHandler:
                 except (TypeError, ValueError):
                     nimages = None
                 writer.start(base, event.series, nimages=nimages, images_per_file=per_file,
-                             overwrite=overwrite, metadata=meta)
+                             overwrite=overwrite, metadata=meta,
+                             header=self._series_headers.get(event.series))
             writer.write(event.frame, event.channels)
         except Exception as exc:
             self.unsaved += 1

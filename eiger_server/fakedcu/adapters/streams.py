@@ -15,19 +15,18 @@ from __future__ import annotations
 import collections
 import datetime as _dt
 import hashlib
-import json
 import logging
-import struct
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional, Set, Tuple
 
-import cbor2
 import numpy as np
 import zmq
-from cbor2 import CBORTag
 
-from eiger_server.formats.encode import Buffer, compress_buffer, lz4_hdf5_single_block, v1_encoding
+from eiger_server.formats import stream_v1, stream_v2
+from eiger_server.formats.compression import (Buffer, compress_buffer, lz4_hdf5_single_block,
+                                              v1_encoding)
+from eiger_server.formats.decode import Encoded
 from eiger_server.fakedcu.interfaces import Frame, SeriesEnd, SeriesStart
 
 log = logging.getLogger(__name__)
@@ -36,21 +35,8 @@ __all__ = [
     "StreamFaults",
     "StreamV1Adapter",
     "StreamV2Adapter",
-    "TYPED_ARRAY_TAGS",
-    "cbor_array",
-    "typed_array_tag",
 ]
 
-#: RFC 8746 typed-array tags (little-endian variants) by numpy dtype string.
-TYPED_ARRAY_TAGS: Dict[str, int] = {
-    "|u1": 64, "<u2": 69, "<u4": 70, "<u8": 71,
-    "|i1": 72, "<i2": 77, "<i4": 78, "<i8": 79,
-    "<f2": 84, "<f4": 85, "<f8": 86,
-}
-_SELF_DESCRIBE = 55799
-_MULTIDIM = 40
-_DECTRIS_COMPRESSION = 56500
-_NS = 1_000_000_000
 _BOGUS_ENCODING = "zstd-bogus<"
 _BOGUS_ALGORITHM = "bogus"
 
@@ -58,16 +44,6 @@ _DEFAULT_QUEUE_FRAMES = 256
 _DEFAULT_QUEUE_BYTES = 1 << 30
 _DEFAULT_SNDHWM = 64
 _POLL_MS = 100
-
-
-def typed_array_tag(dtype: np.dtype) -> int:
-    """The RFC 8746 tag for little-endian arrays of ``dtype``."""
-    dt = np.dtype(dtype).newbyteorder("<")
-    try:
-        return TYPED_ARRAY_TAGS[dt.str]
-    except KeyError:
-        raise ValueError(f"no RFC 8746 typed-array tag for dtype {dt}: "
-                         "use an unsigned/signed integer or float type") from None
 
 
 @dataclass
@@ -96,32 +72,6 @@ def _garble(blob: Buffer) -> bytes:
     for i in range(min(16, len(cut))):
         cut[i] ^= 0xFF
     return bytes(cut)
-
-
-def _le_contiguous(array: np.ndarray) -> np.ndarray:
-    array = np.asarray(array)
-    if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(array)
-
-
-def _appendix_bytes(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    return json.dumps(value).encode("utf-8")
-
-
-def _json_value(value: Any) -> Tuple[bool, Any]:
-    """(keep, value) for one config entry of the V1 header; arrays are left out."""
-    if isinstance(value, np.generic):
-        return True, value.item()
-    if isinstance(value, (np.ndarray, bytes, bytearray, memoryview)):
-        return False, None
-    if isinstance(value, dict) and "__darray__" in value:
-        return False, None
-    return True, value
 
 
 @dataclass
@@ -416,10 +366,6 @@ class _StreamAdapter:
 
 
 # ============================================================== stream V1
-def _dumps(obj: Dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
 class StreamV1Adapter(_StreamAdapter):
     """Stream V1 ("legacy"): multipart JSON headers plus binary blobs, one channel."""
 
@@ -449,28 +395,10 @@ class StreamV1Adapter(_StreamAdapter):
 
     def _send_start(self, series: _Series) -> None:
         start, cfg = series.start, series.cfg
-        parts: List[Any] = [_dumps({"htype": "dheader-1.0", "series": start.series_id,
-                                    "header_detail": cfg.header_detail})]
-        if cfg.header_detail in ("basic", "all"):
-            config = {}
-            for name, value in start.config.items():
-                keep, value = _json_value(value)
-                if keep:
-                    config[name] = value
-            parts.append(json.dumps(config, default=str).encode())
-        if cfg.header_detail == "all":
-            for htype, array in (("dflatfield-1.0", start.flatfield),
-                                 ("dpixelmask-1.0", start.pixel_mask),
-                                 ("dcountrate_table-1.0", start.countrate_table)):
-                if array is None:
-                    continue
-                array = _le_contiguous(array)
-                parts.append(_dumps({"htype": htype, "shape": list(array.shape[::-1]),
-                                     "type": array.dtype.name}))
-                parts.append(memoryview(array).cast("B"))
-        if cfg.header_appendix:
-            parts.append(_appendix_bytes(cfg.header_appendix))
-        self._send(parts)
+        self._send(stream_v1.encode_header(
+            start.series_id, cfg.header_detail, start.config, flatfield=start.flatfield,
+            pixel_mask=start.pixel_mask, countrate_table=start.countrate_table,
+            appendix=cfg.header_appendix))
 
     def _send_frame(self, series: _Series, frame: Frame, copies: int) -> None:
         start, cfg = series.start, series.cfg
@@ -487,98 +415,20 @@ class StreamV1Adapter(_StreamAdapter):
         if index in faults.corrupt:
             blob = _garble(blob)   # header keeps the true size and hash
         series_no = series.stale_id if index in faults.stale_series else start.series_id
-        array = frame.data.get(channel)
-        if array is not None:
-            height, width = array.shape[-2:]
-        else:
-            height, width = start.height, start.width
-        parts: List[Any] = [
-            _dumps({"htype": "dimage-1.0", "series": series_no, "frame": index,
-                    "hash": digest}),
-            _dumps({"htype": "dimage_d-1.0", "shape": [int(width), int(height)],
-                    "type": np.dtype(start.dtype).name, "encoding": encoding,
-                    "size": size}),
-            blob,
-            _dumps({"htype": "dconfig-1.0", "start_time": frame.start_time_ns,
-                    "stop_time": frame.stop_time_ns, "real_time": frame.real_time_ns}),
-        ]
-        if cfg.image_appendix:
-            parts.append(_appendix_bytes(cfg.image_appendix))
+        image = Encoded(blob, encoding, _shape(start, frame, channel), np.dtype(start.dtype))
+        parts = stream_v1.encode_image(
+            series_no, index, image, hash=digest, size=size,
+            times_ns=(frame.start_time_ns, frame.stop_time_ns, frame.real_time_ns),
+            appendix=cfg.image_appendix)
         for _ in range(copies):
             if not self._send(parts):
                 return
 
     def _send_end(self, series: _Series, end: SeriesEnd) -> None:
-        self._send([_dumps({"htype": "dseries_end-1.0", "series": end.series_id})])
+        self._send(stream_v1.encode_end(end.series_id))
 
 
 # ============================================================== stream V2
-# start message field -> config names to take it from (first one present)
-_V2_REQUIRED = {
-    "beam_center_x": ("beam_center_x",),
-    "beam_center_y": ("beam_center_y",),
-    "count_time": ("count_time",),
-    "frame_time": ("frame_time",),
-    "detector_distance": ("detector_distance",),
-    "incident_energy": ("incident_energy", "photon_energy"),
-    "incident_wavelength": ("wavelength", "incident_wavelength"),
-}
-_V2_OPTIONAL = {
-    "detector_description": (("description",), str),
-    "detector_serial_number": (("detector_number",), str),
-    "pixel_size_x": (("x_pixel_size",), float),
-    "pixel_size_y": (("y_pixel_size",), float),
-    "sensor_material": (("sensor_material",), str),
-    "sensor_thickness": (("sensor_thickness",), float),
-    "saturation_value": (("countrate_correction_count_cutoff",), int),
-    "countrate_correction_enabled": (("countrate_correction_applied",), bool),
-    "flatfield_enabled": (("flatfield_correction_applied",), bool),
-    "pixel_mask_enabled": (("pixel_mask_applied",), bool),
-    "virtual_pixel_interpolation_enabled": (("virtual_pixel_correction_applied",), bool),
-}
-_GONIOMETER_AXES = ("chi", "kappa", "omega", "phi", "two_theta")
-
-
-def _first(config: Dict[str, Any], names: Tuple[str, ...]) -> Any:
-    for name in names:
-        if name in config and config[name] is not None:
-            return config[name]
-    return None
-
-
-def _threshold_energy(config: Dict[str, Any], channel: str) -> Any:
-    if channel.startswith("threshold_"):
-        n = channel[len("threshold_"):]
-        value = _first(config, (f"threshold/{n}/energy",))
-        if value is None and n == "1":
-            value = config.get("threshold_energy")
-        return value
-    return None
-
-
-def _cbor_head(major: int, value: int) -> bytes:
-    """The initial bytes of a CBOR item: major type and argument (RFC 8949 3.1)."""
-    if value < 24:
-        return bytes([(major << 5) | value])
-    for code, fmt in ((24, ">B"), (25, ">H"), (26, ">I"), (27, ">Q")):
-        if value < 1 << (8 * struct.calcsize(fmt)):
-            return bytes([(major << 5) | code]) + struct.pack(fmt, value)
-    raise ValueError(f"CBOR argument {value} too large")
-
-
-_SELF_DESCRIBE_HEAD = _cbor_head(6, _SELF_DESCRIBE)
-_TAG40_ARRAY2 = _cbor_head(6, _MULTIDIM) + _cbor_head(4, 2)
-_TAG56500_ARRAY3 = _cbor_head(6, _DECTRIS_COMPRESSION) + _cbor_head(4, 3)
-_DATA_KEY = cbor2.dumps("data")
-
-
-def cbor_array(array: np.ndarray) -> CBORTag:
-    """An RFC 8746 multi-dimensional array (row-major) of raw little-endian data."""
-    array = _le_contiguous(array)
-    return CBORTag(_MULTIDIM, [list(array.shape),
-                               CBORTag(typed_array_tag(array.dtype), array.tobytes())])
-
-
 class StreamV2Adapter(_StreamAdapter):
     """Stream V2: one self-described CBOR map per zmq message, all channels."""
 
@@ -587,88 +437,36 @@ class StreamV2Adapter(_StreamAdapter):
     def _wants(self, mode: Any, fmt: Any, api: str) -> bool:
         return mode == "enabled" and not api.startswith("1.6") and fmt == "cbor"
 
-    @staticmethod
-    def _dumps(message: Dict[str, Any]) -> bytes:
-        return cbor2.dumps(CBORTag(_SELF_DESCRIBE, message))
-
     def _send_start(self, series: _Series) -> None:
         start, cfg = series.start, series.cfg
-        config = start.config
-        msg: Dict[str, Any] = {
-            "type": "start",
-            "series_id": start.series_id,
-            "series_unique_id": start.series_unique_id,
-            "arm_date": series.series_date,
-        }
-        for key, names in _V2_REQUIRED.items():
-            try:
-                msg[key] = float(_first(config, names))
-            except (TypeError, ValueError):   # absent or not a number in the snapshot
-                msg[key] = 0.0
-        msg["number_of_images"] = int(start.nimages) * max(1, int(start.ntrigger))
-        msg["image_size_x"] = int(start.width)
-        msg["image_size_y"] = int(start.height)
-        msg["image_dtype"] = np.dtype(start.dtype).name
-        msg["channels"] = list(start.channels)
-        energies = {}
-        for channel in start.channels:
-            value = _threshold_energy(config, channel)
-            if value is not None:
-                energies[channel] = float(value)
-        msg["threshold_energy"] = energies
-        for key, (names, kind) in _V2_OPTIONAL.items():
-            value = _first(config, names)
-            if value is not None:
-                try:
-                    msg[key] = kind(value)
-                except (TypeError, ValueError):
-                    pass
-        goniometer = {}
-        for axis in _GONIOMETER_AXES:
-            begin = config.get(f"{axis}_start")
-            step = config.get(f"{axis}_increment")
-            if begin is not None or step is not None:
-                goniometer[axis] = {"start": float(begin or 0.0), "increment": float(step or 0.0)}
-        if goniometer:
-            msg["goniometer"] = goniometer
-        distance = msg["detector_distance"]
-        msg["detector_translation"] = [0.0, 0.0, distance]
-        if cfg.header_detail == "all":
-            if start.pixel_mask is not None:
-                mask = cbor_array(np.asarray(start.pixel_mask, dtype="<u4"))
-                msg["pixel_mask"] = {ch: mask for ch in start.channels}
-            if start.flatfield is not None:
-                flat = cbor_array(np.asarray(start.flatfield, dtype="<f4"))
-                msg["flatfield"] = {ch: flat for ch in start.channels}
-            if start.countrate_table is not None:
-                table = _le_contiguous(start.countrate_table)
-                msg["countrate_correction_lookup_table"] = CBORTag(
-                    typed_array_tag(table.dtype), table.tobytes())
-        if cfg.header_appendix:
-            msg["user_data"] = cfg.header_appendix
-        self._send([self._dumps(msg)])
+        arrays = cfg.header_detail == "all"
+        msg = stream_v2.start_message(
+            start.series_id, start.series_unique_id, series.series_date, start.config,
+            nimages=int(start.nimages) * max(1, int(start.ntrigger)), width=start.width,
+            height=start.height, dtype=start.dtype, channels=start.channels,
+            pixel_mask=start.pixel_mask if arrays else None,
+            flatfield=start.flatfield if arrays else None,
+            countrate_table=start.countrate_table if arrays else None,
+            user_data=cfg.header_appendix)
+        self._send([stream_v2.encode_start(msg)])
 
-    def _channel_fragments(self, series: _Series, frame: Frame, channel: str, bogus: bool,
-                           corrupt: bool) -> List[Buffer]:
-        """CBOR of one ``data`` entry value: tag 40 [[h, w], typed array]."""
+    def _channel(self, series: _Series, frame: Frame, channel: str, bogus: bool,
+                 corrupt: bool) -> Encoded:
+        """One channel as it is sent, faults applied."""
         start = series.start
         dtype = np.dtype(start.dtype)
         method = start.compression
         blob, _ = self._payload(series, frame, channel, method)
         if corrupt:
             blob = _garble(blob)
-        array = frame.data.get(channel)
-        shape = array.shape[-2:] if array is not None else (start.height, start.width)
-        out: List[Buffer] = [_TAG40_ARRAY2, cbor2.dumps([int(shape[0]), int(shape[1])]),
-                             _cbor_head(6, typed_array_tag(dtype))]
         if bogus:
-            out += [_TAG56500_ARRAY3, cbor2.dumps(_BOGUS_ALGORITHM), cbor2.dumps(dtype.itemsize)]
-        elif method == "bslz4":
-            out += [_TAG56500_ARRAY3, cbor2.dumps("bslz4"), cbor2.dumps(dtype.itemsize)]
-        elif method == "lz4":
-            out += [_TAG56500_ARRAY3, cbor2.dumps("lz4"), cbor2.dumps(0)]
-        out += [_cbor_head(2, memoryview(blob).nbytes), blob]
-        return out
+            algorithm, elem_size = _BOGUS_ALGORITHM, dtype.itemsize
+        elif method in ("bslz4", "lz4"):
+            algorithm, elem_size = method, dtype.itemsize if method == "bslz4" else 0
+        else:
+            algorithm, elem_size = "raw", 0
+        return Encoded(blob, algorithm, _shape(start, frame, channel), dtype, elem_size,
+                       v2=True)
 
     def _send_frame(self, series: _Series, frame: Frame, copies: int) -> None:
         start, cfg = series.start, series.cfg
@@ -676,35 +474,24 @@ class StreamV2Adapter(_StreamAdapter):
         faults = self.faults
         bogus = index in faults.bad_encoding
         corrupt = index in faults.corrupt
-        channels = [ch for ch in start.channels
-                    if ch in frame.data or (frame.encoded and ch in frame.encoded)]
-        msg: Dict[str, Any] = {
-            "type": "image",
-            "series_id": series.stale_id if index in faults.stale_series else start.series_id,
-            "series_unique_id": start.series_unique_id,
-            "image_id": index,
-            "real_time": [int(frame.real_time_ns), _NS],
-            "series_date": series.series_date,
-            "start_time": [int(frame.start_time_ns), _NS],
-            "stop_time": [int(frame.stop_time_ns), _NS],
-        }
-        if cfg.image_appendix:
-            msg["user_data"] = cfg.image_appendix
-        # The image blobs are spliced in rather than passed through cbor2.dumps:
-        # one join copies each blob once, where cbor2 is several times slower
-        # on multi-megabyte byte strings (and encodes memoryviews as arrays).
-        head = cbor2.dumps(msg)
-        parts: List[Buffer] = [_SELF_DESCRIBE_HEAD, _cbor_head(5, len(msg) + 1),
-                               memoryview(head)[len(_cbor_head(5, len(msg))):],
-                               _DATA_KEY, _cbor_head(5, len(channels))]
-        for ch in channels:
-            parts.append(cbor2.dumps(ch))
-            parts += self._channel_fragments(series, frame, ch, bogus, corrupt)
-        blob = b"".join(parts)
+        channels = {ch: self._channel(series, frame, ch, bogus, corrupt)
+                    for ch in start.channels
+                    if ch in frame.data or (frame.encoded and ch in frame.encoded)}
+        blob = stream_v2.encode_image(
+            series.stale_id if index in faults.stale_series else start.series_id,
+            start.series_unique_id, index, channels, series_date=series.series_date,
+            times_ns=(frame.start_time_ns, frame.stop_time_ns, frame.real_time_ns),
+            user_data=cfg.image_appendix)
         for _ in range(copies):
             if not self._send([blob]):
                 return
 
     def _send_end(self, series: _Series, end: SeriesEnd) -> None:
-        self._send([self._dumps({"type": "end", "series_id": end.series_id,
-                                 "series_unique_id": end.series_unique_id})])
+        self._send([stream_v2.encode_end(end.series_id, end.series_unique_id)])
+
+
+def _shape(start: SeriesStart, frame: Frame, channel: str) -> Tuple[int, int]:
+    """(height, width) of one channel of a frame: its array's, else the series'."""
+    array = frame.data.get(channel)
+    height, width = array.shape[-2:] if array is not None else (start.height, start.width)
+    return int(height), int(width)

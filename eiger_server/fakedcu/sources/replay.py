@@ -21,16 +21,14 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import cbor2
-import dectris.compression
 import h5py
 import hdf5plugin  # noqa: F401  (registers the bitshuffle/LZ4 HDF5 filters)
 import numpy as np
 import zmq
-from cbor2 import CBORTag
 
-from eiger_server.formats.encode import compress
-from eiger_server.fakedcu.adapters.streams import TYPED_ARRAY_TAGS
+from eiger_server.formats import stream_v2
+from eiger_server.formats.compression import compress, filter_method
+from eiger_server.formats.decode import Encoded
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +39,10 @@ __all__ = [
     "push_capture",
     "capture_files",
     "decode_message",
-    "decode_image_data",
     "synthesize_start",
 ]
 
 PathLike = Union[str, os.PathLike]
-
-_TAG_DTYPES: Dict[int, np.dtype] = {tag: np.dtype(s) for s, tag in TYPED_ARRAY_TAGS.items()}
-_SELF_DESCRIBE = 55799
-_MULTIDIM = 40
-_DECTRIS_COMPRESSION = 56500
-# HDF5 filter ids of the DECTRIS compressions
-_FILTER_BSLZ4 = 32008
-_FILTER_LZ4 = 32004
 
 
 def fit_frame(array: np.ndarray, width: int, height: int, dtype: np.dtype) -> np.ndarray:
@@ -135,14 +124,7 @@ class Hdf5ReplaySource:
         if not chunks or chunks[0] != 1 or tuple(chunks[1:]) != tuple(ds.shape[1:]):
             return "other"   # not one image per chunk: no raw chunk fast path
         plist = ds.id.get_create_plist()
-        filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
-        if filters == [_FILTER_BSLZ4]:
-            return "bslz4"
-        if filters == [_FILTER_LZ4]:
-            return "lz4"
-        if not filters:
-            return "none"
-        return "other"
+        return filter_method([plist.get_filter(i)[0] for i in range(plist.get_nfilters())])
 
     def _locate(self, index: int) -> Tuple[h5py.Dataset, int]:
         i = index % self.nframes
@@ -199,42 +181,21 @@ def capture_files(directory: PathLike) -> List[Path]:
 
 
 def decode_message(blob: bytes) -> Dict[str, Any]:
-    """A stream V2 message as a dict; tags other than dates stay CBORTag."""
-    msg = cbor2.loads(blob)
-    if isinstance(msg, CBORTag) and msg.tag == _SELF_DESCRIBE:   # older cbor2
-        msg = msg.value
+    """A stream V2 message as a dict, read by the server's own parser: image
+    channels become :class:`~eiger_server.formats.decode.Encoded` (still
+    compressed), dates datetimes."""
+    msg = stream_v2.loads(blob)
     if not hasattr(msg, "get") or "type" not in msg:
         raise ValueError("not a stream V2 message: expected a CBOR map with a 'type' key")
     return dict(msg)
 
 
-def _typed_array(tag: CBORTag) -> Tuple[np.dtype, Any]:
-    if not isinstance(tag, CBORTag) or tag.tag not in _TAG_DTYPES:
-        raise ValueError(f"expected an RFC 8746 typed array, got {tag!r:.60}")
-    return _TAG_DTYPES[tag.tag], tag.value
-
-
-def decode_image_data(value: CBORTag) -> np.ndarray:
-    """One channel of an image message (tag 40 multi-dim array) as an ndarray."""
-    if not isinstance(value, CBORTag) or value.tag != _MULTIDIM:
-        raise ValueError("image data is not an RFC 8746 multi-dimensional array (tag 40)")
-    shape, typed = value.value
-    dtype, payload = _typed_array(typed)
-    if isinstance(payload, CBORTag) and payload.tag == _DECTRIS_COMPRESSION:
-        algorithm, elem_size, blob = payload.value
-        raw = dectris.compression.decompress(blob, algorithm,
-                                             elem_size=elem_size or dtype.itemsize)
-    else:
-        raw = payload
-    return np.frombuffer(raw, dtype=dtype).reshape([int(n) for n in shape])
-
-
-def _encoded_blob(value: CBORTag) -> Tuple[str, bytes]:
-    _, typed = value.value
-    _, payload = _typed_array(typed)
-    if isinstance(payload, CBORTag) and payload.tag == _DECTRIS_COMPRESSION:
-        return str(payload.value[0]), bytes(payload.value[2])
-    return "none", bytes(payload)
+def _channel_data(value: Any) -> Encoded:
+    if not isinstance(value, Encoded):
+        reason = getattr(value, "reason", "it is not an RFC 8746 multi-dimensional array "
+                                          "(tag 40)")
+        raise ValueError(f"image data not understood: {reason}")
+    return value
 
 
 class CborReplaySource:
@@ -256,12 +217,10 @@ class CborReplaySource:
             raise ValueError(f"{self.directory}: the capture holds no image message")
         first = self._images[0]
         self.channels: List[str] = list(first["data"])
-        sample = first["data"][self.channels[0]]
-        shape, typed = sample.value
-        self.height, self.width = int(shape[0]), int(shape[1])
-        self.dtype, payload = _typed_array(typed)
-        self.compression = (str(payload.value[0]) if isinstance(payload, CBORTag)
-                            and payload.tag == _DECTRIS_COMPRESSION else "none")
+        sample = _channel_data(first["data"][self.channels[0]])
+        self.height, self.width = (int(n) for n in sample.shape)
+        self.dtype = np.dtype(sample.dtype)
+        self.compression = "none" if sample.encoding == "raw" else str(sample.encoding)
         self.nframes = len(self._images)
         self.series_unique_id = str(first.get("series_unique_id", ""))
         self._decoded: Dict[Tuple[int, str], np.ndarray] = {}
@@ -275,7 +234,8 @@ class CborReplaySource:
         array = self._decoded.get(key)
         if array is None:
             msg = self._images[key[0]]
-            array = _readonly(decode_image_data(msg["data"][key[1]]))
+            array = _readonly(_channel_data(msg["data"][key[1]]).decode(
+                f"{self.directory} image {key[0]} {key[1]}"))
             self._decoded[key] = array
         return array
 
@@ -286,7 +246,8 @@ class CborReplaySource:
     def encoded(self, index: int, channels: Sequence[str]) -> Dict[str, bytes]:
         """The recorded compressed blobs (HDF5 framing, ``self.compression``)."""
         msg = self._images[index % self.nframes]
-        return {ch: _encoded_blob(msg["data"][self._channel(ch)])[1] for ch in channels}
+        return {ch: bytes(_channel_data(msg["data"][self._channel(ch)]).data)
+                for ch in channels}
 
 
 # ============================================================ push_capture
@@ -308,8 +269,8 @@ def synthesize_start(images: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         raise ValueError("cannot build a start message without any image message")
     first = images[0]
     channels = list(first["data"])
-    shape, typed = first["data"][channels[0]].value
-    dtype, _ = _typed_array(typed)
+    sample = _channel_data(first["data"][channels[0]])
+    height, width = sample.shape
     count_time = _ratio_seconds(first.get("real_time")) or 0.0
     frame_time = count_time
     if len(images) > 1:
@@ -333,9 +294,9 @@ def synthesize_start(images: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         "incident_energy": 0.0,
         "incident_wavelength": 0.0,
         "number_of_images": len(images),
-        "image_size_x": int(shape[1]),
-        "image_size_y": int(shape[0]),
-        "image_dtype": dtype.name,
+        "image_size_x": int(width),
+        "image_size_y": int(height),
+        "image_dtype": np.dtype(sample.dtype).name,
         "channels": channels,
         "threshold_energy": {},
     }
@@ -360,7 +321,7 @@ def push_capture(directory: PathLike, endpoint: str, *, bind: bool = True,
             msg = decode_message(blob)
             if msg.get("type") == "image":
                 images.append(msg)
-        messages.append(cbor2.dumps(CBORTag(_SELF_DESCRIBE, synthesize_start(images))))
+        messages.append(stream_v2.encode_start(synthesize_start(images)))
     messages.extend(blobs)
     linger_ms = int(timeout * 1000)
     context = zmq.Context()

@@ -21,7 +21,6 @@ layout has one image per frame.
 from __future__ import annotations
 
 import collections
-import datetime
 import logging
 import os
 import pathlib
@@ -31,9 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import h5py
-import hdf5plugin  # registers the bitshuffle (32008) and LZ4 (32004) filters with h5py
 import numpy as np
 
+from eiger_server.formats import nxmx
+from eiger_server.formats.compression import hdf5_filter
 from eiger_server.fakedcu.interfaces import Frame, SeriesEnd, SeriesStart
 
 log = logging.getLogger(__name__)
@@ -41,18 +41,12 @@ log = logging.getLogger(__name__)
 DEFAULT_CAPACITY = 4 * 1024 ** 3
 DEFAULT_QUEUE_BYTES = 256 * 1024 ** 2
 DEFAULT_NAME_PATTERN = "series_$id"
-GONIOMETER_AXES = ("omega", "phi", "chi", "kappa", "two_theta")
 
 
 def _as_bool(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("true", "1", "yes", "enabled", "on")
     return bool(value)
-
-
-def _now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(
-        timespec="milliseconds")
 
 
 def _file_prefix(pattern: Any, series_id: int) -> str:
@@ -86,7 +80,7 @@ class _Series:
     prefix: str
     nper: int
     nr_start: int
-    filter_kwargs: Dict[str, Any]
+    compression: str                # of the stored chunks: "bslz4", "lz4" or "none"
     direct: bool                    # Frame.encoded blobs can go straight into chunks
     channel: Optional[str]
     master: h5py.File
@@ -234,7 +228,7 @@ class FileWriterStore:
             return {
                 "state": state,
                 "error": list(self._errors),
-                "time": _now_iso(),
+                "time": nxmx.now_iso(),
                 "buffer_free": self.buffer_free(),
                 "files": list(self._files),
             }
@@ -346,13 +340,9 @@ class FileWriterStore:
             self._inflight_bytes = 0
 
     def _filter_kwargs(self, compression: str, enabled: bool) -> Dict[str, Any]:
-        if not enabled:
+        if not enabled or compression not in ("bslz4", "lz4"):
             return {}
-        if compression == "bslz4":
-            return dict(hdf5plugin.Bitshuffle(cname="lz4"))
-        if compression == "lz4":
-            return dict(hdf5plugin.LZ4())
-        return {}
+        return hdf5_filter(compression)
 
     def _begin(self, start: SeriesStart, settings: Dict[str, Any]) -> None:
         if self._series is not None:
@@ -394,24 +384,22 @@ class FileWriterStore:
         master_temp = self.directory / f".{master_name}.part"
         master = h5py.File(master_temp, "w", rdcc_nbytes=0)
         series = _Series(start=start, prefix=prefix, nper=nper, nr_start=nr_start,
-                         filter_kwargs=filters, direct=bool(filters),
+                         compression=start.compression if filters else "none",
+                         direct=bool(filters),
                          channel=start.channels[0] if start.channels else None,
                          master=master, master_temp=master_temp, master_name=master_name)
         self._series = series
         if nper == 0:
-            data = master.require_group("entry/data")
-            dset = self._create_dataset(data, series, total)
+            dset = self._create_dataset(master, series, total)
             series.current = _DataFile(index=0, first_image=0, dset=dset, h5=None,
                                        temp_path=None, name=None)
         log.info("series %s: writing %s (%s, %s images per file)", start.series_id,
                  master_name, start.compression if filters else "uncompressed", nper)
 
-    def _create_dataset(self, group: h5py.Group, series: _Series, n: int) -> Any:
+    def _create_dataset(self, h5: h5py.File, series: _Series, n: int) -> Any:
         start = series.start
-        shape = (max(0, n), int(start.height), int(start.width))
-        return group.create_dataset(
-            "data", shape=shape, maxshape=(None,) + shape[1:], dtype=np.dtype(start.dtype),
-            chunks=(1,) + shape[1:], **series.filter_kwargs)
+        return nxmx.create_data(h5, max(0, n), None, int(start.height), int(start.width),
+                                start.dtype, series.compression)
 
     def _open_data_file(self, series: _Series, index: int) -> _DataFile:
         name = f"{series.prefix}_data_{index + 1:06d}.h5"
@@ -423,11 +411,7 @@ class FileWriterStore:
         # No chunk cache: each chunk is written once, and the size on disk stays current
         # for buffer_free().
         h5 = h5py.File(temp, "w", rdcc_nbytes=0)
-        entry = h5.create_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        data = entry.create_group("data")
-        data.attrs["NX_class"] = "NXdata"
-        dset = self._create_dataset(data, series, count)
+        dset = self._create_dataset(h5, series, count)
         return _DataFile(index=index, first_image=index * series.nper, dset=dset, h5=h5,
                          temp_path=temp, name=name)
 
@@ -437,8 +421,7 @@ class FileWriterStore:
         if current.dset.shape[0] != n:
             current.dset.resize(n, axis=0)
         low = series.nr_start + current.first_image
-        current.dset.attrs["image_nr_low"] = np.int64(low)
-        current.dset.attrs["image_nr_high"] = np.int64(low + n - 1)
+        nxmx.label_data(current.dset, low, low + n - 1)
         if current.h5 is None:
             return
         current.h5.close()
@@ -576,101 +559,14 @@ class FileWriterStore:
     # ------------------------------------------------------------------ master metadata
     def _write_master(self, series: _Series, end: Optional[SeriesEnd]) -> None:
         start = series.start
-        cfg = start.config or {}
-        f = series.master
-        entry = f.require_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        instrument = entry.require_group("instrument")
-        instrument.attrs["NX_class"] = "NXinstrument"
-        det = instrument.require_group("detector")
-        det.attrs["NX_class"] = "NXdetector"
-
-        threshold = cfg.get("threshold_energy", cfg.get("threshold/1/energy"))
-        for name, value, units in (
-                ("beam_center_x", cfg.get("beam_center_x"), "pixel"),
-                ("beam_center_y", cfg.get("beam_center_y"), "pixel"),
-                ("count_time", cfg.get("count_time"), "s"),
-                ("frame_time", cfg.get("frame_time"), "s"),
-                ("x_pixel_size", cfg.get("x_pixel_size"), "m"),
-                ("y_pixel_size", cfg.get("y_pixel_size"), "m"),
-                ("sensor_material", cfg.get("sensor_material"), None),
-                ("sensor_thickness", cfg.get("sensor_thickness"), "m"),
-                ("bit_depth_image", cfg.get("bit_depth_image",
-                                            np.dtype(start.dtype).itemsize * 8), None),
-                ("detector_distance", cfg.get("detector_distance"), "m"),
-                ("description", cfg.get("description"), None),
-                ("detector_number", cfg.get("detector_number"), None),
-                ("threshold_energy", threshold, "eV"),
-                ("countrate_correction_applied", cfg.get("countrate_correction_applied"), None),
-                ("flatfield_correction_applied", cfg.get("flatfield_correction_applied"), None),
-                ("pixel_mask_applied", cfg.get("pixel_mask_applied"), None)):
-            _put(det, name, value, units)
-
-        spec = det.require_group("detectorSpecific")
-        for name, value, units in (
-                ("nimages", int(start.nimages), None),
-                ("ntrigger", int(start.ntrigger), None),
-                ("x_pixels_in_detector", int(start.width), None),
-                ("y_pixels_in_detector", int(start.height), None),
-                ("data_collection_date", cfg.get("data_collection_date", _now_iso()), None),
-                ("software_version", cfg.get("software_version",
-                                             f"eiger_server fake DCU, SIMPLON {start.api}"), None),
-                ("compression", start.compression if series.filter_kwargs else "none", None),
-                ("trigger_mode", cfg.get("trigger_mode"), None),
-                ("nframes_sum", cfg.get("nframes_sum"), None),
-                ("frame_count_time", cfg.get("frame_count_time"), "s"),
-                ("photon_energy", cfg.get("photon_energy"), "eV"),
-                ("channels", ",".join(start.channels), None)):
-            _put(spec, name, value, units)
-        # Masks are big but mostly constant: gzip keeps them small and readable without plugins.
-        for name, array, dtype in (("pixel_mask", start.pixel_mask, np.uint32),
-                                   ("flatfield", start.flatfield, np.float32),
-                                   ("countrate_correction_table", start.countrate_table, None)):
-            if array is None:
-                continue
-            array = np.asarray(array, dtype=dtype)
-            opts = ({"compression": "gzip", "compression_opts": 1, "shuffle": True}
-                    if array.ndim >= 2 and array.size > 1024 else {})
-            spec.create_dataset(name, data=array, **opts)
-
-        beam = instrument.require_group("beam")
-        beam.attrs["NX_class"] = "NXbeam"
-        _put(beam, "incident_wavelength", cfg.get("wavelength"), "angstrom")
-
-        sample = entry.require_group("sample")
-        sample.attrs["NX_class"] = "NXsample"
-        gonio = sample.require_group("goniometer")
-        gonio.attrs["NX_class"] = "NXtransformations"
-        nframes = int(start.nimages) * max(1, int(start.ntrigger))
-        for axis in GONIOMETER_AXES:
-            first, step = cfg.get(f"{axis}_start"), cfg.get(f"{axis}_increment")
-            if first is None and step is None:
-                continue
-            first, step = float(first or 0.0), float(step or 0.0)
-            positions = first + step * np.arange(nframes, dtype=np.float64)
-            _put(gonio, axis, positions, "degree")
-            _put(gonio, f"{axis}_end", positions + step, "degree")
-            _put(gonio, f"{axis}_range_average", step, "degree")
-            _put(gonio, f"{axis}_range_total", step * nframes, "degree")
-
-        data = entry.require_group("data")
-        data.attrs["NX_class"] = "NXdata"
-        for number, name in enumerate(series.done_data, start=1):
-            data[f"data_{number:06d}"] = h5py.ExternalLink(name, "/entry/data/data")
-
-
-def _put(group: h5py.Group, name: str, value: Any, units: Optional[str]) -> None:
-    """Store one scalar/array value; values that are absent or not storable are skipped."""
-    if value is None:
-        return
-    if isinstance(value, (list, tuple)) and not value:
-        return
-    if isinstance(value, dict):
-        return  # a JSON array object or similar: not metadata the layout carries
-    try:
-        dset = group.create_dataset(name, data=value)
-    except (TypeError, ValueError):
-        log.debug("master file: %s=%r not storable, skipped", name, value)
-        return
-    if units:
-        dset.attrs["units"] = units
+        nxmx.write_master(
+            series.master, start.config or {}, nimages=int(start.nimages),
+            ntrigger=int(start.ntrigger), width=int(start.width), height=int(start.height),
+            dtype=start.dtype,
+            compression=series.compression,
+            channels=start.channels,
+            software_version=f"eiger_server fake DCU, SIMPLON {start.api}",
+            pixel_mask=start.pixel_mask, flatfield=start.flatfield,
+            countrate_table=start.countrate_table,
+            links={f"data_{number:06d}": name
+                   for number, name in enumerate(series.done_data, start=1)})
