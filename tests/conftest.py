@@ -8,8 +8,13 @@ from types import SimpleNamespace
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# A few test modules import helpers of another (test_transfers' Proxy, test_dcu_faults'
+# configure): every folder is importable, whatever subset of the suite runs.
+for _folder in sorted(Path(__file__).resolve().parent.glob("*/**/")):
+    if _folder.name != "__pycache__" and str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 
-from helpers import ServerProcess, server_args_for  # noqa: E402
+from helpers import SHARED, ServerProcess, in_ci, require_shared, server_args_for  # noqa: E402
 
 APIS = ["1.6.0", "1.8.0"]
 
@@ -74,3 +79,33 @@ def server(fake_dcu, tmp_path):
     proc = ServerProcess(server_args_for(fake_dcu), tmp_path)
     yield proc
     proc.stop()
+
+
+# -- layers: a test's folder is its marker (unit, integration, system) -------------------
+LAYERS = ("unit", "integration", "system")
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = Path(str(item.fspath)).resolve().relative_to(TESTS).parts
+        if parts and parts[0] in LAYERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
+
+
+def pytest_runtest_setup(item):
+    """``@pytest.mark.needs_shared(path)``: fail in CI, skip locally, when path is absent."""
+    for marker in item.iter_markers("needs_shared"):
+        for path in marker.args:
+            require_shared(Path(path))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if SHARED.is_dir() or in_ci():
+        return
+    skipped = [r for r in terminalreporter.stats.get("skipped", [])
+               if str(SHARED) in str(getattr(r, "longrepr", ""))]
+    if skipped:
+        terminalreporter.write_line(
+            f"WARNING: {len(skipped)} tests skipped because {SHARED} is absent; "
+            "in CI (CI=true) they fail", yellow=True, bold=True)

@@ -17,7 +17,7 @@ import pytest
 
 from eiger_server.control.table import lookup
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MACROS = ROOT / "macros" / "eiger.mac"
 CHECKER = ROOT / "tools" / "check_macros.py"
 

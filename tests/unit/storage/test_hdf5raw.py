@@ -16,8 +16,9 @@ from eiger_server.storage.hdf5raw import Hdf5RawWriter, read_frames
 from eiger_server.formats.stream_v2 import parse as parse_v2
 from eiger_server.storage.tiff import TiffSaver
 
-# shared/ lies beside the clone (<clone>/../shared), as for tests/test_params_table.py
-CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dectris-stream2"
+from helpers import SHARED
+
+CAPTURES = SHARED / "data" / "dectris-stream2"
 BSLZ4_CAPTURES = ["r500k_bm_bslz4_16bit", "r500k_bm_bslz4_32bit", "r500k_bm_bslz4_8bit"]
 
 
@@ -78,8 +79,7 @@ def _capture_images():
     return images
 
 
-@pytest.mark.skipif(not CAPTURES.is_dir(),
-                    reason=f"real DECTRIS captures not available ({CAPTURES} is absent)")
+@pytest.mark.needs_shared(CAPTURES)
 def test_partial_decode_on_real_detector_captures():
     images = _capture_images()
     assert len(images) >= 9, "too few bslz4 image messages in the captures"

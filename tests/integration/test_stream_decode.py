@@ -29,10 +29,9 @@ from eiger_server.formats.decode import DecodeError, decode, decode_v2, typed_ar
 from eiger_server.errors import DataError
 from eiger_server.stream.receiver import StreamReceiver
 from eiger_server.formats.stream_events import ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent
-from helpers import StubController
+from helpers import SHARED, StubController, require_shared
 
-# shared/ lies beside the clone (<clone>/../shared), as for tests/test_params_table.py
-CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dectris-stream2"
+CAPTURES = SHARED / "data" / "dectris-stream2"
 FOLDERS = {"r500k_bm_bslz4_8bit": np.uint8, "r500k_bm_bslz4_16bit": np.uint16,
            "r500k_bm_bslz4_32bit": np.uint32, "r500k_bm_lz4_8bit": np.uint8}
 CHANNELS = ["threshold_1", "threshold_2", "difference"]
@@ -41,16 +40,14 @@ CHANNELS = ["threshold_1", "threshold_2", "difference"]
 def capture(folder: str) -> Path:
     """One capture folder; skips when shared/ is not beside the clone, but a
     present capture directory must hold the folder."""
-    if not CAPTURES.is_dir():
-        pytest.skip(f"real DECTRIS captures not available ({CAPTURES} is absent)")
+    require_shared(CAPTURES)
     path = CAPTURES / folder
     assert path.is_dir(), f"{path} is missing from the captures"
     return path
 
 
 def test_all_capture_folders_are_present():
-    if not CAPTURES.is_dir():
-        pytest.skip(f"real DECTRIS captures not available ({CAPTURES} is absent)")
+    require_shared(CAPTURES)
     assert sorted(p.name for p in CAPTURES.iterdir() if p.is_dir()) == sorted(FOLDERS)
 
 

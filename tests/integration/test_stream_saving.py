@@ -1,4 +1,4 @@
-"""Review fixes on the stream side: HDF5RAW names and failures, series ends,
+"""The stream side's edge cases: HDF5RAW names and failures, series ends,
 receiver life, channel names, durable renames, shared path rules."""
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from eiger_server.storage.tiff import TiffSaver
 import helpers
 from helpers import acquire, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def raw(image):
@@ -105,8 +105,8 @@ _FULL_DISK = textwrap.dedent("""
     import json, resource, signal, sys
     from types import SimpleNamespace
     import numpy as np
-    sys.path.insert(0, sys.argv[2])
-    from test_review_stream_fixes import StubController, raw
+    sys.path[:0] = sys.argv[2:]
+    from test_stream_saving import StubController, raw
     from eiger_server.stream.handler import StreamHandler
     from eiger_server.formats.stream_events import ImageMessage, SeriesEnd
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -129,7 +129,8 @@ _FULL_DISK = textwrap.dedent("""
 def test_hdf5raw_full_disk_counts_every_lost_frame_and_writes_the_master(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    answer = subprocess.run([sys.executable, "-c", _FULL_DISK, str(data), str(Path(__file__).parent)],
+    answer = subprocess.run([sys.executable, "-c", _FULL_DISK, str(data), str(Path(__file__).parent),
+                             str(Path(helpers.__file__).parent)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert answer.returncode == 0, answer.stderr
     result = __import__("json").loads(answer.stdout.strip().splitlines()[-1])
