@@ -69,7 +69,7 @@ def _lz4_hdf5(raw: memoryview, block_bytes: Optional[int] = None) -> bytes:
     if block_bytes is None:
         # One block for the whole frame: fewest Python calls, same framing.
         block_bytes = max(1, min(total, _LZ4_MAX_BLOCK))
-    parts = [_HEADER.pack(total, block_bytes)]
+    parts: "list[Union[bytes, memoryview]]" = [_HEADER.pack(total, block_bytes)]
     for offset in range(0, total, block_bytes):
         block = raw[offset:offset + block_bytes]
         packed = lz4.block.compress(block, store_size=False)
@@ -93,13 +93,13 @@ def compress_buffer(array: np.ndarray, method: str) -> Buffer:
     """
     array = _contiguous(array)
     if method == "none":
-        return memoryview(array).cast("B")
+        return memoryview(array).cast("B")  # type: ignore[arg-type]  # numpy stubs: buffer on 3.12+ only
     if method == "bslz4":
         return _bslz4(array)
     if method == "lz4":
-        return _lz4_hdf5(memoryview(array).cast("B"))
+        return _lz4_hdf5(memoryview(array).cast("B"))  # type: ignore[arg-type]  # numpy stubs: buffer on 3.12+ only
     if method == "lz4-raw":
-        return lz4.block.compress(memoryview(array).cast("B"), store_size=False)
+        return lz4.block.compress(memoryview(array).cast("B"), store_size=False)  # type: ignore[arg-type]  # numpy stubs: buffer on 3.12+ only
     raise ValueError(
         f"unknown compression method {method!r}: use one of {', '.join(METHODS)}")
 

@@ -6,7 +6,6 @@ the requirements document's parameter tables.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 

@@ -444,7 +444,7 @@ def test_saver_refuses_when_full_and_runs_in_order():
     order = []
     try:
         assert saver.submit(lambda: (gate.wait(5), order.append(1)))
-        wait_for(lambda: saver.pending() == 1 and not saver._jobs, what="first job running")
+        wait_for(lambda: saver.pending() == 1 and not saver.queued(), what="first job running")
         assert saver.submit(lambda: order.append(2))
         assert saver.submit(lambda: order.append(3))
         assert not saver.submit(lambda: order.append(4))      # queue full: refused

@@ -379,6 +379,7 @@ class _StreamAdapter:
     def _send(self, parts: List[Any]) -> bool:
         """Send one (multipart) message, waiting for a peer; False when stopping."""
         sock = self._socket
+        assert sock is not None, "send before the socket was bound"
         while not self._stop.is_set():
             if not sock.poll(_POLL_MS, zmq.POLLOUT):
                 continue
@@ -467,7 +468,7 @@ class StreamV1Adapter(_StreamAdapter):
                 array = _le_contiguous(array)
                 parts.append(_dumps({"htype": htype, "shape": list(array.shape[::-1]),
                                      "type": array.dtype.name}))
-                parts.append(memoryview(array).cast("B"))
+                parts.append(memoryview(array).cast("B"))  # type: ignore[arg-type]  # numpy stubs: buffer on 3.12+ only
         if cfg.header_appendix:
             parts.append(_appendix_bytes(cfg.header_appendix))
         self._send(parts)

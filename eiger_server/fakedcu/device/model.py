@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["FakeDCU", "FakeDCUError", "Faults", "encode_darray", "decode_darray"]
 
-_DTYPES = {8: np.dtype(np.uint8), 16: np.dtype(np.uint16), 32: np.dtype(np.uint32)}
+_DTYPES: Dict[int, np.dtype] = {8: np.dtype(np.uint8), 16: np.dtype(np.uint16), 32: np.dtype(np.uint32)}
 _TASKS = ("config", "status", "command")
 
 
@@ -185,6 +185,28 @@ class _Series:
                  "total", "count_time", "frame_time", "start_delay", "width", "height",
                  "dtype", "channels", "t_arm", "next_image", "requested", "triggers",
                  "pending", "cancel", "abort", "ended")
+    series_id: int
+    unique_id: str
+    start: SeriesStart
+    trigger_mode: str
+    nimages: int
+    ntrigger: int
+    total: int
+    count_time: float
+    frame_time: float
+    start_delay: float
+    width: int
+    height: int
+    dtype: np.dtype
+    channels: List[str]
+    t_arm: float
+    next_image: int
+    requested: int
+    triggers: int
+    pending: int
+    cancel: bool
+    abort: threading.Event
+    ended: bool
 
     def __init__(self, **kw: Any):
         for k, v in kw.items():
@@ -552,9 +574,9 @@ class FakeDCU:
             return self._set_config(subsystem, name, value)
         with self._lock:
             if subsystem == "detector" and name == "state":
-                if value not in d.allowed_values:
+                if value not in (d.allowed_values or ()):
                     raise FakeDCUError(400, f"state {value!r} is not one of "
-                                            f"{list(d.allowed_values)}")
+                                            f"{list(d.allowed_values or ())}")
                 self._state = value
             elif subsystem == "detector" and name == "error":
                 self._errors = [value] if isinstance(value, str) else list(value or [])

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,25 +189,25 @@ def test_stream_handler_hdf5raw_save_mode_drops_and_counts_when_saving_is_behind
                            settings=SimpleNamespace(data_directory=str(tmp_path), prefix="s$id"),
                            config_value=lambda *a, **k: 5)
     handler = StreamHandler(ctrl)
-    handler._start_pipeline()
+    handler.start_pipeline()
     try:
         assert handler.set_save_mode("hdf5raw") == "HDF5RAW"
         assert handler.images_per_file == 5
         handler.set_autosave("1")
         gate = threading.Event()
-        handler._saver.submit(lambda: gate.wait(5))      # a stalled disk
+        handler.saver.submit(lambda: gate.wait(5))      # a stalled disk
         image = np.arange(12 * 10, dtype=np.uint16).reshape(12, 10)
         blob = compress(image, "bslz4")
         for frame in range(6):
             event = ImageMessage(4, frame, {"threshold_1": Encoded(
                 blob, "bslz4", image.shape, image.dtype, 2, v2=True)})
-            handler._dispatch(event)
+            handler.feed(event)
         assert handler.unsaved >= 3
         gate.set()
         deadline = time.monotonic() + 10
-        while handler._saver.pending() and time.monotonic() < deadline:
+        while handler.saver.pending() and time.monotonic() < deadline:
             time.sleep(0.01)
-        handler._raw_writer.close()
+        handler.raw_writer.close()
         master = tmp_path / "s4_master.h5"
         saved = read_frames(str(master))
         kept = [i for i in range(saved.shape[0]) if saved[i].any()]
