@@ -574,9 +574,10 @@ class FakeDCU:
             return self._set_config(subsystem, name, value)
         with self._lock:
             if subsystem == "detector" and name == "state":
-                if value not in (d.allowed_values or ()):
+                assert d.allowed_values is not None     # the state's definition lists them
+                if value not in d.allowed_values:
                     raise FakeDCUError(400, f"state {value!r} is not one of "
-                                            f"{list(d.allowed_values or ())}")
+                                            f"{list(d.allowed_values)}")
                 self._state = value
             elif subsystem == "detector" and name == "error":
                 self._errors = [value] if isinstance(value, str) else list(value or [])
