@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -87,10 +88,18 @@ TESTS = Path(__file__).resolve().parent
 
 
 def pytest_collection_modifyitems(config, items):
+    unplaced = set()
     for item in items:
         parts = Path(str(item.fspath)).resolve().relative_to(TESTS).parts
         if parts and parts[0] in LAYERS:
             item.add_marker(getattr(pytest.mark, parts[0]))
+        else:
+            unplaced.add("/".join(parts))
+    if unplaced:
+        # such tests run in "make test" but escape "make test-fast" and -m selections
+        warnings.warn(pytest.PytestWarning(
+            f"{', '.join(sorted(unplaced))}: not in a layer folder; move it (git mv) under "
+            f"tests/{{{','.join(LAYERS)}}}/ to give it a layer marker"), stacklevel=2)
 
 
 def pytest_runtest_setup(item):
