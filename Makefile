@@ -7,12 +7,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv test demo bench soak clean help
+.PHONY: all venv lint test test-fast demo bench soak clean help
 all: venv
 
 help:
 	@echo "make demo        start the fake DCU and eiger_server, run a short acquisition"
-	@echo "make test        run the whole test suite"
+	@echo "make test        lint, then the whole test suite (unit, integration, system)"
+	@echo "make test-fast   unit and integration tests only (no processes)"
+	@echo "make lint        ruff and mypy (configured in pyproject.toml)"
 	@echo "make bench       stream-path benchmark (writes BENCHMARKS.md)"
 	@echo "make soak        30-minute reliability run (SOAK_MINUTES=30)"
 	@echo "make eiger_help  render help/eiger.rst to help/eiger and help/eiger.html"
@@ -20,14 +22,22 @@ help:
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+# pyproject.toml is the one list of dependencies; the "test" extra adds
+# pytest, pytest-timeout, ruff, mypy and docutils.
+$(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
-test: venv
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: lint
 	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "unit or integration"
 
 demo: venv
 	$(PY) -m eiger_server.app.demo

@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from eiger_server.formats import decode
+from eiger_server.formats import decode  # noqa: E402
 from eiger_server.stream import imageproc  # noqa: E402
 from eiger_server.fakedcu.device.definitions import MODELS  # noqa: E402
 from eiger_server.storage.tiff import save_tiff  # noqa: E402

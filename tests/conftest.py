@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# A few test modules import helpers of another (test_transfers' Proxy, test_dcu_faults'
+# configure): every folder is importable, whatever subset of the suite runs.
+for _folder in sorted(Path(__file__).resolve().parent.glob("*/**/")):
+    if _folder.name != "__pycache__" and str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 
-from helpers import ServerProcess, server_args_for  # noqa: E402
+from helpers import SHARED, ServerProcess, in_ci, require_shared, server_args_for  # noqa: E402
 
 APIS = ["1.6.0", "1.8.0"]
 
@@ -74,3 +80,41 @@ def server(fake_dcu, tmp_path):
     proc = ServerProcess(server_args_for(fake_dcu), tmp_path)
     yield proc
     proc.stop()
+
+
+# -- layers: a test's folder is its marker (unit, integration, system) -------------------
+LAYERS = ("unit", "integration", "system")
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    unplaced = set()
+    for item in items:
+        parts = Path(str(item.fspath)).resolve().relative_to(TESTS).parts
+        if parts and parts[0] in LAYERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
+        else:
+            unplaced.add("/".join(parts))
+    if unplaced:
+        # such tests run in "make test" but escape "make test-fast" and -m selections
+        warnings.warn(pytest.PytestWarning(
+            f"{', '.join(sorted(unplaced))}: not in a layer folder; move it (git mv) under "
+            f"tests/{{{','.join(LAYERS)}}}/ to give it a layer marker"), stacklevel=2)
+
+
+def pytest_runtest_setup(item):
+    """``@pytest.mark.needs_shared(path)``: fail in CI, skip locally, when path is absent."""
+    for marker in item.iter_markers("needs_shared"):
+        for path in marker.args:
+            require_shared(Path(path))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if SHARED.is_dir() or in_ci():
+        return
+    skipped = [r for r in terminalreporter.stats.get("skipped", [])
+               if str(SHARED) in str(getattr(r, "longrepr", ""))]
+    if skipped:
+        terminalreporter.write_line(
+            f"WARNING: {len(skipped)} tests skipped because {SHARED} is absent; "
+            "in CI (CI=true) they fail", yellow=True, bold=True)

@@ -1,6 +1,8 @@
-"""Test helpers: free ports, the eiger_server process, waiting."""
+"""Test helpers, importable from every layer: paths, free ports, the
+eiger_server process, waiting."""
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -9,7 +11,33 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+# shared/ (requirements, real DECTRIS recordings) lies beside the clone: <clone>/../shared
+SHARED = ROOT.parent / "shared"
+
+
+def in_ci() -> bool:
+    """True when the suite runs in CI (environment variable CI=true)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require_shared(path: Path) -> Path:
+    """``path`` (inside ../shared) for a test that needs it.
+
+    Absent in CI: the test fails, since CI always has shared/ beside the clone.
+    Absent locally: the test is skipped, and the summary says so.
+    """
+    if path.exists():
+        return path
+    message = (f"{path} is absent: this test needs the shared data beside the clone "
+               f"({SHARED}); put shared/ there")
+    if in_ci():
+        pytest.fail(message + " (CI=true: a missing shared/ is a failure, not a skip)",
+                    pytrace=False)
+    pytest.skip(message)
+    return path
 
 
 def free_port() -> int:

@@ -363,7 +363,7 @@ def _assignments(tokens: Sequence[Token]):
         yield k, tok.text, rhs
 
 
-def _rule_absolute_paths(parsed: MacroFile) -> List[Problem]:
+def rule_absolute_paths(parsed: MacroFile) -> List[Problem]:
     """Paths sent to the server or given to mkdir must be made absolute with CWD."""
     defs = parsed.defs
     absolutizers = _closure(defs, lambda d: "CWD" in _idents(d.tokens))
@@ -381,7 +381,7 @@ def _rule_absolute_paths(parsed: MacroFile) -> List[Problem]:
             names = _idents(expr)
             if not names and expr and expr[0].kind == "string":
                 return expr[0].text.startswith("/") or expr[0].text == ""
-            return any(n in absolutizers or n in absolute for n in names)
+            return any(n in absolutizers or n in absolute for n in names)  # noqa: B023 (used in this loop only)
 
         assigned = {k: (var, rhs) for k, var, rhs in _assignments(d.tokens)}
         for k, tok in enumerate(d.tokens):
@@ -415,7 +415,7 @@ def _last_char_test(tokens: Sequence[Token]) -> bool:
     return False
 
 
-def _rule_path_join(parsed: MacroFile) -> List[Problem]:
+def rule_path_join(parsed: MacroFile) -> List[Problem]:
     """A "%s/%s" join must look at the directory's last character."""
     problems = []
     for d in parsed.defs.values():
@@ -427,7 +427,7 @@ def _rule_path_join(parsed: MacroFile) -> List[Problem]:
     return problems
 
 
-def _rule_scan_count_time(parsed: MacroFile) -> List[Problem]:
+def rule_scan_count_time(parsed: MacroFile) -> List[Problem]:
     """The scan head programs the scan's count time, _ctime, and only when > 0."""
     head = parsed.defs.get("eiger_scan_head")
     if head is None:
@@ -449,7 +449,7 @@ def _rule_scan_count_time(parsed: MacroFile) -> List[Problem]:
     return problems
 
 
-def _rule_one_img_writer(parsed: MacroFile) -> List[Problem]:
+def rule_one_img_writer(parsed: MacroFile) -> List[Problem]:
     """Exactly one place writes the #IMG line of a point."""
     writers = [(d.name, t.line) for d in parsed.defs.values() for t in d.tokens
                if t.kind == "string" and "#IMG" in t.text]
@@ -462,7 +462,7 @@ def _rule_one_img_writer(parsed: MacroFile) -> List[Problem]:
                     "a point (point 0 at least) would get two; write exactly one per point")]
 
 
-def _rule_read_acq_rois(parsed: MacroFile) -> List[Problem]:
+def rule_read_acq_rois(parsed: MacroFile) -> List[Problem]:
     """eiger_read_acq reads the image whenever ROIs are configured."""
     read = parsed.defs.get("eiger_read_acq")
     if read is None:
@@ -477,7 +477,7 @@ def _rule_read_acq_rois(parsed: MacroFile) -> List[Problem]:
     return []
 
 
-def _rule_image_par_forms(parsed: MacroFile) -> List[Problem]:
+def rule_image_par_forms(parsed: MacroFile) -> List[Problem]:
     """image_par is called in the documented forms."""
     problems = []
     for d in parsed.defs.values():
@@ -501,7 +501,7 @@ def _rule_image_par_forms(parsed: MacroFile) -> List[Problem]:
     return problems
 
 
-def _rule_date_format(parsed: MacroFile) -> List[Problem]:
+def rule_date_format(parsed: MacroFile) -> List[Problem]:
     """Parts of the time are asked of date() with a format, not cut out of it."""
     problems = []
     for d in parsed.defs.values():
@@ -515,7 +515,7 @@ def _rule_date_format(parsed: MacroFile) -> List[Problem]:
     return problems
 
 
-def _rule_cdef_keys(parsed: MacroFile) -> List[Problem]:
+def rule_cdef_keys(parsed: MacroFile) -> List[Problem]:
     """A cdef key is built per unit, never one literal shared by all units."""
     problems = []
     for d in parsed.defs.values():
@@ -539,13 +539,13 @@ def _operand_start(prev: Token, tok: Token) -> bool:
     return tok.text == "(" and prev.kind != "ident"      # ident( is a call
 
 
-def _rule_grammar(parsed: MacroFile) -> List[Problem]:
+def rule_grammar(parsed: MacroFile) -> List[Problem]:
     """Constructs an independent spec grammar rejects or reads differently."""
     problems = []
     for d in parsed.defs.values():
         toks = d.tokens
         # Concatenation by juxtaposition inside a function argument.
-        for k, name, args in _calls(toks):
+        for _k, name, args in _calls(toks):
             for arg in args:
                 depth, prev = 0, None
                 for tok in arg:
@@ -587,7 +587,7 @@ def _rule_grammar(parsed: MacroFile) -> List[Problem]:
     return problems
 
 
-def _rule_ntrigger(parsed: MacroFile) -> List[Problem]:
+def rule_ntrigger(parsed: MacroFile) -> List[Problem]:
     """Scans arm for their points: never max_trigger, and a refusal is noticed."""
     problems = []
     for d in parsed.defs.values():
@@ -611,9 +611,9 @@ def _rule_ntrigger(parsed: MacroFile) -> List[Problem]:
 
 
 RULES: Tuple[Callable[[MacroFile], List[Problem]], ...] = (
-    _rule_absolute_paths, _rule_path_join, _rule_scan_count_time, _rule_one_img_writer,
-    _rule_read_acq_rois, _rule_image_par_forms, _rule_date_format, _rule_cdef_keys,
-    _rule_grammar, _rule_ntrigger,
+    rule_absolute_paths, rule_path_join, rule_scan_count_time, rule_one_img_writer,
+    rule_read_acq_rois, rule_image_par_forms, rule_date_format, rule_cdef_keys,
+    rule_grammar, rule_ntrigger,
 )
 
 

@@ -2,7 +2,7 @@
 """Write help/params_table.rst: the image_par parameter table of the help page.
 
 The table is generated from ``eiger_server.control.table.TABLE`` so that the help
-page and the server cannot disagree; tests/test_help.py checks the written
+page and the server cannot disagree; tests/system/test_help.py checks the written
 file against the table.  Usage::
 
     python tools/gen_param_table.py [-o help/params_table.rst] [--check]

@@ -32,7 +32,8 @@ class SeriesStart:
     pixel_mask: np.ndarray          # uint32 (height, width)
     flatfield: np.ndarray           # float32 (height, width)
     countrate_table: np.ndarray     # float32 (2, N) or similar
-    stream: Dict[str, Any] = field(default_factory=dict)   # stream config: header_detail, header_appendix, image_appendix, format
+    # stream config: header_detail, header_appendix, image_appendix, format
+    stream: Dict[str, Any] = field(default_factory=dict)
     filewriter: Dict[str, Any] = field(default_factory=dict)  # filewriter config snapshot
     api: str = "1.8.0"
 

@@ -104,7 +104,7 @@ def _lz4_hdf5(raw: memoryview, block_bytes: Optional[int] = None) -> bytes:
     if block_bytes is None:
         # One block for the whole frame: fewest Python calls, same framing.
         block_bytes = max(1, min(total, _LZ4_MAX_BLOCK))
-    parts = [HEADER.pack(total, block_bytes)]
+    parts: List[Union[bytes, memoryview]] = [HEADER.pack(total, block_bytes)]
     for offset in range(0, total, block_bytes):
         block = raw[offset:offset + block_bytes]
         packed = lz4.block.compress(block, store_size=False)
@@ -119,6 +119,12 @@ def _lz4_hdf5(raw: memoryview, block_bytes: Optional[int] = None) -> bytes:
     return b"".join(parts)
 
 
+def byte_view(array: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous array as a flat memoryview, without copying."""
+    # numpy's stubs declare the buffer protocol only on Python 3.12+.
+    return memoryview(array).cast("B")  # type: ignore[arg-type]
+
+
 def compress_buffer(array: np.ndarray, method: str) -> Buffer:
     """Like :func:`compress`, but ``"none"`` returns a zero-copy memoryview.
 
@@ -128,13 +134,13 @@ def compress_buffer(array: np.ndarray, method: str) -> Buffer:
     """
     array = le_contiguous(array)
     if method == "none":
-        return memoryview(array).cast("B")
+        return byte_view(array)
     if method == "bslz4":
         return _bslz4(array)
     if method == "lz4":
-        return _lz4_hdf5(memoryview(array).cast("B"))
+        return _lz4_hdf5(byte_view(array))
     if method == "lz4-raw":
-        return lz4.block.compress(memoryview(array).cast("B"), store_size=False)
+        return lz4.block.compress(byte_view(array), store_size=False)
     raise ValueError(
         f"unknown compression method {method!r}: use one of {', '.join(METHODS)}")
 
@@ -142,7 +148,7 @@ def compress_buffer(array: np.ndarray, method: str) -> Buffer:
 def compress(array: np.ndarray, method: str) -> bytes:
     """Compress ``array`` with ``method`` ("bslz4", "lz4", "lz4-raw", "none")."""
     out = compress_buffer(array, method)
-    return out if isinstance(out, bytes) else out.tobytes()
+    return out if isinstance(out, bytes) else bytes(out)
 
 
 def lz4_hdf5_single_block(blob: Buffer) -> Optional[memoryview]:

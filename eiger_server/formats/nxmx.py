@@ -123,9 +123,9 @@ def _goniometer(config: Mapping[str, Any]) -> Dict[str, Tuple[float, float]]:
     v2 = config.get("goniometer")
     for axis in GONIOMETER_AXES:
         first, step = config.get(f"{axis}_start"), config.get(f"{axis}_increment")
-        if (first is None and step is None and hasattr(v2, "get")
-                and hasattr(v2.get(axis), "get")):
-            first, step = v2[axis].get("start"), v2[axis].get("increment")
+        entry = v2.get(axis) if isinstance(v2, Mapping) else None
+        if first is None and step is None and isinstance(entry, Mapping):
+            first, step = entry.get("start"), entry.get("increment")
         if first is None and step is None:
             continue
         try:

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from eiger_server.formats.compression import le_contiguous
+from eiger_server.formats.compression import byte_view, le_contiguous
 from eiger_server.formats.decode import Encoded
 from eiger_server.formats.stream_events import (Event, ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent,
                            buffer as _buffer, seconds)
@@ -142,7 +142,7 @@ def _image(head: dict, parts: Sequence[Any], series: Optional[int],
 
 # ------------------------------------------------------------------ encoding
 # The fake DCU sends what these build; parse() above reads it back.
-Part = Union[bytes, memoryview]
+Part = Union[bytes, bytearray, memoryview]
 
 
 def _dumps(obj: Dict[str, Any]) -> bytes:
@@ -193,7 +193,7 @@ def encode_header(series: int, header_detail: str, config: Mapping[str, Any], *,
             array = le_contiguous(array)
             parts.append(_dumps({"htype": htype, "shape": list(array.shape[::-1]),
                                  "type": array.dtype.name}))
-            parts.append(memoryview(array).cast("B"))
+            parts.append(byte_view(array))
     if appendix:
         parts.append(_appendix_bytes(appendix))
     return parts

@@ -60,7 +60,7 @@ def check_host(host: str) -> str:
                         "address (e.g. 192.168.48.110 or eiger-dcu.example.org)")
 
 
-def _short(text: str, limit: int = 300) -> str:
+def _short(text: object, limit: int = 300) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[:limit] + "..."
 

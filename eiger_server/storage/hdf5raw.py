@@ -78,7 +78,7 @@ def _chunk_bytes(kind: str, encoded: Encoded) -> Any:
 class _Channel:
     kind: str
     elem_size: int
-    shape: Tuple[int, int]
+    shape: Tuple[int, ...]
     dtype: np.dtype
     file_index: int = 0
     file: Optional[h5py.File] = None

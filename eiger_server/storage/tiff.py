@@ -55,7 +55,7 @@ def description(metadata: Mapping[str, Any]) -> str:
 def read_metadata(path: str) -> Dict[str, Any]:
     """The metadata a file written by :func:`save_tiff` carries (for tests and tools)."""
     with tifffile.TiffFile(path) as tif:
-        text = tif.pages[0].description
+        text = tif.pages[0].description  # type: ignore[union-attr]  # page 0 is a TiffPage
     return json.loads(text) if text else {}
 
 
@@ -159,6 +159,16 @@ class TiffSaver:
     def pending(self) -> int:
         with self._cond:
             return len(self._jobs) + (1 if self._busy else 0)
+
+    def queued(self) -> int:
+        """Jobs waiting to run (the one running not counted)."""
+        with self._cond:
+            return len(self._jobs)
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the thread to end (after close); True when it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until every queued job has run; False on timeout."""

@@ -229,6 +229,7 @@ class StreamHandler:
 
     def get_roi(self, *args: Any) -> Any:
         """Sum of ROI ``name`` (or of ``r0 r1 c0 c1``) over the latest image."""
+        bounds: Optional[Tuple[int, ...]]
         if len(args) == 1:
             with self._lock:
                 bounds = self.rois.get(str(args[0]))
@@ -291,6 +292,24 @@ class StreamHandler:
     @property
     def receiver(self) -> Optional[StreamReceiver]:
         return self._receiver
+
+    def start_pipeline(self) -> None:
+        """Start the decode workers and the saver, without a receiver."""
+        self._start_pipeline()
+
+    def feed(self, event: Any) -> None:
+        """Handle one stream event as if the receiver had delivered it."""
+        self._on_event(event)
+
+    @property
+    def saver(self) -> Optional[TiffSaver]:
+        """The save queue (None until the pipeline starts)."""
+        return self._saver
+
+    @property
+    def raw_writer(self) -> Hdf5RawWriter:
+        """The HDF5RAW writer (used on the saver thread only)."""
+        return self._raw_writer
 
     # =====================================================================
     # image_par rows (local="stream.<attr>")

@@ -141,7 +141,7 @@ def array_reply(array: Any, with_type: bool = True) -> Reply:
     wt = wire_type_for(arr.dtype)
     arr = np.ascontiguousarray(arr, dtype=np.dtype(wt.dtype))
     text = f"{arr.size} {wt.name}" if with_type else str(arr.size)
-    return Reply(True, text, memoryview(arr).cast("B"))
+    return Reply(True, text, memoryview(arr).cast("B"))  # type: ignore[arg-type]  # numpy stubs: buffer on 3.12+ only
 
 
 def format_reply(cmdno: int, reply: Reply) -> List[Union[bytes, memoryview]]:
@@ -305,7 +305,7 @@ class ServerConnection:
                 args.append(tok)
         return Request(cmdno, tokens[1], args, address)
 
-    def _reject(self, raw: bytes, why: str) -> None:
+    def _reject(self, raw: bytes, why: str) -> Optional[Request]:
         self.rejected += 1
         log.debug("%signoring malformed request line (%s): %r", self._who(), why, raw[:200])
         return None

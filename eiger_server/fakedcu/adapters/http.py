@@ -184,7 +184,7 @@ class DCURequestHandler(BaseHTTPRequestHandler):
         if getattr(self, "_body_read", True):
             return False
         length = self.headers.get("Content-Length")
-        return bool(length) and length.strip() not in ("", "0")
+        return bool(length and length.strip() not in ("", "0"))
 
     def _read_body(self) -> Optional[Any]:
         self._body_read = True

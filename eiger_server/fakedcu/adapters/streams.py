@@ -329,6 +329,7 @@ class _StreamAdapter:
     def _send(self, parts: List[Any]) -> bool:
         """Send one (multipart) message, waiting for a peer; False when stopping."""
         sock = self._socket
+        assert sock is not None, "send before the socket was bound"
         while not self._stop.is_set():
             if not sock.poll(_POLL_MS, zmq.POLLOUT):
                 continue

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["FakeDCU", "FakeDCUError"]
 
-_DTYPES = {8: np.dtype(np.uint8), 16: np.dtype(np.uint16), 32: np.dtype(np.uint32)}
+_DTYPES: Dict[int, np.dtype] = {8: np.dtype(np.uint8), 16: np.dtype(np.uint16), 32: np.dtype(np.uint32)}
 _TASKS = ("config", "status", "command")
 
 
@@ -104,6 +104,28 @@ class _Series:
                  "total", "count_time", "frame_time", "start_delay", "width", "height",
                  "dtype", "channels", "t_arm", "next_image", "requested", "triggers",
                  "pending", "cancel", "abort", "ended")
+    series_id: int
+    unique_id: str
+    start: SeriesStart
+    trigger_mode: str
+    nimages: int
+    ntrigger: int
+    total: int
+    count_time: float
+    frame_time: float
+    start_delay: float
+    width: int
+    height: int
+    dtype: np.dtype
+    channels: List[str]
+    t_arm: float
+    next_image: int
+    requested: int
+    triggers: int
+    pending: int
+    cancel: bool
+    abort: threading.Event
+    ended: bool
 
     def __init__(self, **kw: Any):
         for k, v in kw.items():
@@ -472,6 +494,7 @@ class FakeDCU:
             return self._set_config(subsystem, name, value)
         with self._lock:
             if subsystem == "detector" and name == "state":
+                assert d.allowed_values is not None     # the state's definition lists them
                 if value not in d.allowed_values:
                     raise FakeDCUError(400, f"state {value!r} is not one of "
                                             f"{list(d.allowed_values)}")

@@ -317,7 +317,7 @@ class FileWriterStore:
                 if kind == "start":
                     self._begin(item[1], item[2])
                 elif kind == "frame":
-                    self._write_frame(item[1])
+                    self.write_frame(item[1])
                 elif kind == "end":
                     self._finish(item[1], item[2], item[3])
             except Exception as exc:  # never let bad data kill the writer
@@ -425,6 +425,7 @@ class FileWriterStore:
         if current.h5 is None:
             return
         current.h5.close()
+        assert current.temp_path is not None and current.name is not None  # set with h5
         final = self.directory / current.name
         os.replace(current.temp_path, final)
         with self._lock:
@@ -432,7 +433,8 @@ class FileWriterStore:
             self._inflight_bytes = 0
         series.done_data.append(current.name)
 
-    def _write_frame(self, frame: Frame) -> None:
+    def write_frame(self, frame: Frame) -> None:
+        """Write one frame into the open series (on the writer thread)."""
         series = self._series
         if series is None or series.abandoned or frame.series_id != series.start.series_id:
             return
@@ -461,11 +463,12 @@ class FileWriterStore:
                 series.current = current = self._open_data_file(series, file_index)
         # Check before writing so the files never outgrow the buffer (raw size for
         # filtered writes: the compressed size is only known afterwards).
-        need = len(blob) if blob is not None else int(array.nbytes)
+        need = len(blob) if blob is not None else int(array.nbytes)  # type: ignore[union-attr]
         if need > self.buffer_free():
             self._buffer_full(series)
             return
         current = series.current
+        assert current is not None          # opened above, or the master's own dataset
         pos = index - current.first_image
         dset = current.dset
         if pos >= dset.shape[0]:
@@ -473,6 +476,7 @@ class FileWriterStore:
         if blob is not None:
             dset.id.write_direct_chunk((pos, 0, 0), bytes(blob))
         else:
+            assert array is not None        # no blob: the array was checked above
             if array.shape != dset.shape[1:]:
                 log.warning("series %s image %s has shape %s, the series %s; not written",
                             frame.series_id, index, array.shape, dset.shape[1:])

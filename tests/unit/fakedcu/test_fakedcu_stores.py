@@ -346,7 +346,7 @@ def test_frames_dropped_when_writer_falls_behind(stores, tmp_path):
     frame_bytes = WIDTH * HEIGHT * 2
     model, store = writer(stores, tmp_path, queue_bytes=3 * frame_bytes)
     entered, release = threading.Event(), threading.Event()
-    real_write = store._write_frame
+    real_write = store.write_frame
 
     def slow_write(frame):
         if frame.image_id == 0:
@@ -354,7 +354,7 @@ def test_frames_dropped_when_writer_falls_behind(stores, tmp_path):
             release.wait(10)
         real_write(frame)
 
-    store._write_frame = slow_write
+    store.write_frame = slow_write
     start = make_start(nimages=10)
     images = make_images(10)
     store.series_start(start)

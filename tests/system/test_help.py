@@ -22,7 +22,7 @@ from docutils import nodes
 
 from eiger_server.control.table import TABLE
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RST = ROOT / "help" / "eiger.rst"
 TOOLS = ROOT / "tools"
 

@@ -15,7 +15,7 @@ from eiger_server.wire.client import WireClient
 from eiger_server.fakedcu.app import FakeDCUApp
 from eiger_server.app.process import pid_alive
 from helpers import ROOT, ServerProcess, hello_ok, server_args_for, wait_for
-from test_files import Proxy, make_big_h5
+from test_transfers import Proxy, make_big_h5
 
 
 def test_kill_9_leaves_a_stale_lock_that_the_next_start_cleans(dcu, tmp_path):

@@ -21,7 +21,7 @@ from eiger_server.app.logsetup import CLIENT, PROGRESS, setup_logging, vlog
 from eiger_server.app.options import ServerOptions, parse_args
 from eiger_server.app.process import LockFile, pid_alive
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
 
 

@@ -29,18 +29,17 @@ from eiger_server.fakedcu.sources.replay import (CborReplaySource, Hdf5ReplaySou
                                          PrecompressedCache, push_capture)
 from eiger_server.fakedcu.adapters.streams import StreamV1Adapter, StreamV2Adapter
 
-# shared/ lies beside the clone (<clone>/../shared), as for tests/test_params_table.py
-CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dectris-stream2"
+from helpers import SHARED, require_shared
+
+CAPTURES = SHARED / "data" / "dectris-stream2"
 CAPTURE_NAMES = ["r500k_bm_bslz4_16bit", "r500k_bm_bslz4_32bit", "r500k_bm_bslz4_8bit",
                  "r500k_bm_lz4_8bit"]
-NO_CAPTURES = f"real DECTRIS captures not available ({CAPTURES} is absent)"
 
 
 def capture_dir(name: str) -> Path:
     """One capture folder; skips when shared/ is not beside the clone, but a
     present capture directory must hold the folder."""
-    if not CAPTURES.is_dir():
-        pytest.skip(NO_CAPTURES)
+    require_shared(CAPTURES)
     directory = CAPTURES / name
     assert directory.is_dir(), f"{directory} is missing from the captures"
     return directory
@@ -596,8 +595,7 @@ def test_hdf5_replay_source_explains_a_bad_file(tmp_path: Path) -> None:
 
 
 def test_all_capture_folders_are_present() -> None:
-    if not CAPTURES.is_dir():
-        pytest.skip(NO_CAPTURES)
+    require_shared(CAPTURES)
     assert sorted(p.name for p in CAPTURES.iterdir() if p.is_dir()) == CAPTURE_NAMES
 
 

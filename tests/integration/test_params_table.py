@@ -6,7 +6,6 @@ the requirements document's parameter tables.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -14,9 +13,9 @@ from eiger_server.control import table
 from eiger_server.values import format_value
 from eiger_server.errors import (EigerError, NotSupported, ParameterError, UnknownParameter)
 
-from helpers import wait_for
+from helpers import SHARED, wait_for
 
-REQUIREMENTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "003_cdbc6bd115d18cd9.txt"
+REQUIREMENTS = SHARED / "reference" / "003_cdbc6bd115d18cd9.txt"
 
 # Commands with effects a test must not fire through the generic loop (they
 # end the process or the DCU); each has its own test elsewhere.
@@ -39,7 +38,7 @@ def requirement_rows():
     return rows
 
 
-@pytest.mark.skipif(not REQUIREMENTS.exists(), reason="shared/reference not beside the repo")
+@pytest.mark.needs_shared(REQUIREMENTS)
 def test_every_requirement_name_is_in_the_table_with_its_access_and_version():
     rows = requirement_rows()
     assert len(rows) >= 140, "the requirements table was not parsed"

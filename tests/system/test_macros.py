@@ -17,7 +17,7 @@ import pytest
 
 from eiger_server.control.table import lookup
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MACROS = ROOT / "macros" / "eiger.mac"
 CHECKER = ROOT / "tools" / "check_macros.py"
 
@@ -251,14 +251,14 @@ def test_relative_path_rule_follows_assignments():
             "def bad(f1) '{\n  local d\n  d = _abs(f1)\n  d = f1\n"
             "  image_par(0, \"data_directory\", d)\n}'\n")
     parsed = check_macros.parse_macros(text)
-    problems = check_macros._rule_absolute_paths(parsed)
+    problems = check_macros.rule_absolute_paths(parsed)
     assert [(p.line, "bad gives data_directory" in p.message) for p in problems] == [(12, True)]
 
 
 def test_concatenation_rule_leaves_calls_and_operators_alone():
     text = ("def m '{\n  x = sprintf(\"%s%s\", a, f(b))\n  y = g(a[1] + 2, -3, \"s\" == t ? u1 : v1)\n"
             "  z = a b\n}'\n")
-    assert check_macros._rule_grammar(check_macros.parse_macros(text)) == []
+    assert check_macros.rule_grammar(check_macros.parse_macros(text)) == []
     bad = "def m '{\n  h(a \"x\")\n  h(\"x\" (y))\n}'\n"
-    lines = [p.line for p in check_macros._rule_grammar(check_macros.parse_macros(bad))]
+    lines = [p.line for p in check_macros.rule_grammar(check_macros.parse_macros(bad))]
     assert lines == [2, 3]

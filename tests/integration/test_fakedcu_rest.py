@@ -20,7 +20,7 @@ from eiger_server.fakedcu.device.definitions import MODELS
 
 APIS = ["1.6.0", "1.8.0"]
 HC = 12398.4198
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Rest:

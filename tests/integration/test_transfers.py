@@ -9,13 +9,13 @@ answers to ``GET /data/...``.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import List, Optional
 
 import h5py
@@ -364,7 +364,7 @@ def test_full_disk_gives_a_clear_error(big_dcu, small_fs, tmp_path, monkeypatch)
         # The free-space check passes (as if space had looked free): the write itself fails.
         import eiger_server.control.transfers as files_module
         monkeypatch.setattr(files_module.shutil, "disk_usage",
-                            lambda path: shutil._ntuple_diskusage(1 << 40, 0, 1 << 40))
+                            lambda path: SimpleNamespace(total=1 << 40, used=0, free=1 << 40))
         ctrl.set("transfer", ["small_data_000001.h5"])
         answer = wait_job(ctrl)
         assert "No space left on device" in answer and "the disk is full" in answer, answer

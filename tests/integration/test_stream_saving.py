@@ -1,4 +1,4 @@
-"""Review fixes on the stream side: HDF5RAW names and failures, series ends,
+"""The stream side's edge cases: HDF5RAW names and failures, series ends,
 receiver life, channel names, durable renames, shared path rules."""
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from eiger_server.storage.tiff import TiffSaver
 import helpers
 from helpers import acquire, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def raw(image):
@@ -105,20 +105,20 @@ _FULL_DISK = textwrap.dedent("""
     import json, resource, signal, sys
     from types import SimpleNamespace
     import numpy as np
-    sys.path.insert(0, sys.argv[2])
-    from test_review_stream_fixes import StubController, raw
+    sys.path[:0] = sys.argv[2:]
+    from test_stream_saving import StubController, raw
     from eiger_server.stream.handler import StreamHandler
     from eiger_server.formats.stream_events import ImageMessage, SeriesEnd
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     handler = StreamHandler(StubController(sys.argv[1]))
-    handler._start_pipeline()
+    handler.start_pipeline()
     handler.set_save_mode("HDF5RAW")
     handler.set_autosave("1")
     resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
     image = np.random.default_rng(1).integers(0, 60000, (514, 1030)).astype(np.uint16)
     for frame in range(5):
-        handler._dispatch(ImageMessage(7, frame, {"threshold_1": raw(image)}))
-    handler._on_event(SeriesEnd(7))
+        handler.feed(ImageMessage(7, frame, {"threshold_1": raw(image)}))
+    handler.feed(SeriesEnd(7))
     handler.wait_saved(20)
     print(json.dumps({"unsaved": handler.unsaved, "dropped": handler.get_dropped(),
                       "error": handler.get_error(), "latest": handler.get_latest_file()}))
@@ -126,10 +126,12 @@ _FULL_DISK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.timeout(300)          # its subprocess alone may take 120 s
 def test_hdf5raw_full_disk_counts_every_lost_frame_and_writes_the_master(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    answer = subprocess.run([sys.executable, "-c", _FULL_DISK, str(data), str(Path(__file__).parent)],
+    answer = subprocess.run([sys.executable, "-c", _FULL_DISK, str(data), str(Path(__file__).parent),
+                             str(Path(helpers.__file__).parent)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert answer.returncode == 0, answer.stderr
     result = __import__("json").loads(answer.stdout.strip().splitlines()[-1])
@@ -146,14 +148,14 @@ def test_hdf5raw_unwritable_directory_counts_frames_from_the_series_start(tmp_pa
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     handler = StreamHandler(StubController(blocker / "data"))
-    handler._start_pipeline()
+    handler.start_pipeline()
     try:
         handler.set_save_mode("HDF5RAW")
         handler.set_autosave("1")
         for frame in range(3):
-            handler._dispatch(ImageMessage(1, frame, {"threshold_1": raw(np.ones((4, 6),
+            handler.feed(ImageMessage(1, frame, {"threshold_1": raw(np.ones((4, 6),
                                                                                 np.uint16))}))
-        handler._on_event(SeriesEnd(1))
+        handler.feed(SeriesEnd(1))
         assert handler.wait_saved(10)
         assert handler.unsaved == 3 and handler.get_dropped() == 3
         assert "creating the directory" in handler.get_error()
@@ -165,19 +167,19 @@ def test_hdf5raw_unwritable_directory_counts_frames_from_the_series_start(tmp_pa
 # -- 3. the series is finished at its end whatever autosave and the mode are now -------------
 def test_hdf5raw_series_closed_at_end_after_autosave_off(tmp_path):
     handler = StreamHandler(StubController(tmp_path))
-    handler._start_pipeline()
+    handler.start_pipeline()
     try:
         handler.set_save_mode("HDF5RAW")
         handler.set_autosave("1")
         image = np.arange(24, dtype=np.uint16).reshape(4, 6)
         for frame in range(2):
-            handler._dispatch(ImageMessage(3, frame, {"threshold_1": raw(image)}))
+            handler.feed(ImageMessage(3, frame, {"threshold_1": raw(image)}))
         assert handler.wait_saved(10)
         assert handler.get_latest_file() == ""          # no master yet: nothing to name
         assert not (tmp_path / "s3_master.h5").exists()
         handler.set_autosave("0")
         handler.set_save_mode("TIFF")
-        handler._on_event(SeriesEnd(3))
+        handler.feed(SeriesEnd(3))
         assert handler.wait_saved(10)
         assert handler.get_latest_file() == str(tmp_path / "s3_master.h5")
         np.testing.assert_array_equal(read_frames(str(tmp_path / "s3_master.h5")),
@@ -338,38 +340,37 @@ def test_saver_close_counts_dropped_jobs_and_reports_a_stuck_thread():
     gate = threading.Event()
     saver = TiffSaver(depth=8)
     saver.submit(lambda: gate.wait(10))
-    wait_for(lambda: not saver._jobs, what="the first job running")
+    wait_for(lambda: not saver.queued(), what="the first job running")
     for _ in range(3):
         assert saver.submit(lambda: None, nbytes=100)
     assert saver.submit(lambda: None, always=True)        # a file-closing job: no data
     assert saver.close(timeout=0.1) is False              # still in the first job
     assert saver.dropped == 3
     gate.set()
-    saver._thread.join(5)
-    assert not saver._thread.is_alive()
+    assert saver.join(5)
 
 
 def test_handler_close_leaves_the_writer_to_a_stuck_saver(tmp_path, monkeypatch):
     import threading
     handler = StreamHandler(StubController(tmp_path))
-    handler._start_pipeline()
+    handler.start_pipeline()
     handler.set_save_mode("HDF5RAW")
     handler.set_autosave("1")
     image = np.ones((4, 6), np.uint16)
-    handler._dispatch(ImageMessage(2, 0, {"threshold_1": raw(image)}))
+    handler.feed(ImageMessage(2, 0, {"threshold_1": raw(image)}))
     assert handler.wait_saved(10)
     gate = threading.Event()
-    handler._saver.submit(lambda: gate.wait(30))         # a stuck disk
-    wait_for(lambda: not handler._saver._jobs, what="the stuck job running")
-    saver = handler._saver
-    handler._dispatch(ImageMessage(2, 1, {"threshold_1": raw(image)}))
+    handler.saver.submit(lambda: gate.wait(30))         # a stuck disk
+    wait_for(lambda: not handler.saver.queued(), what="the stuck job running")
+    saver = handler.saver
+    handler.feed(ImageMessage(2, 1, {"threshold_1": raw(image)}))
     closed = []
-    monkeypatch.setattr(handler._raw_writer, "close", lambda: closed.append(1))
+    monkeypatch.setattr(handler.raw_writer, "close", lambda: closed.append(1))
     monkeypatch.setattr(saver, "close", lambda timeout=10.0: TiffSaver.close(saver, 0.1))
     handler.close()
     assert closed == []                      # not closed under the saver's feet
     assert handler.unsaved == 1              # the queued frame was dropped
     gate.set()
-    saver._thread.join(5)
+    saver.join(5)
     monkeypatch.undo()
-    handler._raw_writer.close()
+    handler.raw_writer.close()

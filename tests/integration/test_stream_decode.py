@@ -30,10 +30,9 @@ from eiger_server.formats.decode import DecodeError, decode, decode_v2
 from eiger_server.errors import DataError
 from eiger_server.stream.receiver import StreamReceiver
 from eiger_server.formats.stream_events import ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent
-from helpers import StubController
+from helpers import SHARED, StubController, require_shared
 
-# shared/ lies beside the clone (<clone>/../shared), as for tests/test_params_table.py
-CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dectris-stream2"
+CAPTURES = SHARED / "data" / "dectris-stream2"
 FOLDERS = {"r500k_bm_bslz4_8bit": np.uint8, "r500k_bm_bslz4_16bit": np.uint16,
            "r500k_bm_bslz4_32bit": np.uint32, "r500k_bm_lz4_8bit": np.uint8}
 CHANNELS = ["threshold_1", "threshold_2", "difference"]
@@ -42,16 +41,14 @@ CHANNELS = ["threshold_1", "threshold_2", "difference"]
 def capture(folder: str) -> Path:
     """One capture folder; skips when shared/ is not beside the clone, but a
     present capture directory must hold the folder."""
-    if not CAPTURES.is_dir():
-        pytest.skip(f"real DECTRIS captures not available ({CAPTURES} is absent)")
+    require_shared(CAPTURES)
     path = CAPTURES / folder
     assert path.is_dir(), f"{path} is missing from the captures"
     return path
 
 
 def test_all_capture_folders_are_present():
-    if not CAPTURES.is_dir():
-        pytest.skip(f"real DECTRIS captures not available ({CAPTURES} is absent)")
+    require_shared(CAPTURES)
     assert sorted(p.name for p in CAPTURES.iterdir() if p.is_dir()) == sorted(FOLDERS)
 
 
@@ -448,7 +445,7 @@ def test_saver_refuses_when_full_and_runs_in_order():
     order = []
     try:
         assert saver.submit(lambda: (gate.wait(5), order.append(1)))
-        wait_for(lambda: saver.pending() == 1 and not saver._jobs, what="first job running")
+        wait_for(lambda: saver.pending() == 1 and not saver.queued(), what="first job running")
         assert saver.submit(lambda: order.append(2))
         assert saver.submit(lambda: order.append(3))
         assert not saver.submit(lambda: order.append(4))      # queue full: refused

@@ -24,7 +24,7 @@ from eiger_server.storage import tiff
 from eiger_server.wire.client import WireClient, WireError
 from eiger_server.fakedcu.app import FakeDCUApp
 from helpers import ServerProcess, server_args_for, wait_for
-from test_reliability_dcu import configure, frame, status, stream_setup
+from test_dcu_faults import configure, frame, status, stream_setup
 
 
 def mount_tmpfs(path: Path, size: str) -> None:

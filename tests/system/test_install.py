@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import free_port, wait_for  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
+# make builds the venv on first use (pip install): longer than the default timeout
+pytestmark = pytest.mark.timeout(600)
 
 
 def _make(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

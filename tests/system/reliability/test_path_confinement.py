@@ -21,8 +21,8 @@ import pytest
 from eiger_server.wire.client import WireClient, WireError
 from eiger_server.fakedcu.app import FakeDCUApp
 from helpers import ROOT, ServerProcess, server_args_for, wait_for
-from test_reliability_dcu import configure, status, stream_setup
-from test_reliability_disk import make_h5
+from test_dcu_faults import configure, status, stream_setup
+from test_disk_faults import make_h5
 
 DCU_FILES = ["a_data_000001.h5", "b_data_000001.h5"]
 # A name the DCU lists although no client should ever use it as a path.

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from eiger_server.formats import compression, decode
+from eiger_server.formats import compression
 from eiger_server.stream import imageproc
 from eiger_server.formats.decode import DecodeError, Encoded, decode_rows
 from eiger_server.formats.compression import compress
@@ -16,8 +15,9 @@ from eiger_server.storage.hdf5raw import Hdf5RawWriter, read_frames
 from eiger_server.formats.stream_v2 import parse as parse_v2
 from eiger_server.storage.tiff import TiffSaver
 
-# shared/ lies beside the clone (<clone>/../shared), as for tests/test_params_table.py
-CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dectris-stream2"
+from helpers import SHARED
+
+CAPTURES = SHARED / "data" / "dectris-stream2"
 BSLZ4_CAPTURES = ["r500k_bm_bslz4_16bit", "r500k_bm_bslz4_32bit", "r500k_bm_bslz4_8bit"]
 
 
@@ -78,8 +78,7 @@ def _capture_images():
     return images
 
 
-@pytest.mark.skipif(not CAPTURES.is_dir(),
-                    reason=f"real DECTRIS captures not available ({CAPTURES} is absent)")
+@pytest.mark.needs_shared(CAPTURES)
 def test_partial_decode_on_real_detector_captures():
     images = _capture_images()
     assert len(images) >= 9, "too few bslz4 image messages in the captures"
@@ -190,25 +189,25 @@ def test_stream_handler_hdf5raw_save_mode_drops_and_counts_when_saving_is_behind
                            settings=SimpleNamespace(data_directory=str(tmp_path), prefix="s$id"),
                            config_value=lambda *a, **k: 5)
     handler = StreamHandler(ctrl)
-    handler._start_pipeline()
+    handler.start_pipeline()
     try:
         assert handler.set_save_mode("hdf5raw") == "HDF5RAW"
         assert handler.images_per_file == 5
         handler.set_autosave("1")
         gate = threading.Event()
-        handler._saver.submit(lambda: gate.wait(5))      # a stalled disk
+        handler.saver.submit(lambda: gate.wait(5))      # a stalled disk
         image = np.arange(12 * 10, dtype=np.uint16).reshape(12, 10)
         blob = compress(image, "bslz4")
         for frame in range(6):
             event = ImageMessage(4, frame, {"threshold_1": Encoded(
                 blob, "bslz4", image.shape, image.dtype, 2, v2=True)})
-            handler._dispatch(event)
+            handler.feed(event)
         assert handler.unsaved >= 3
         gate.set()
         deadline = time.monotonic() + 10
-        while handler._saver.pending() and time.monotonic() < deadline:
+        while handler.saver.pending() and time.monotonic() < deadline:
             time.sleep(0.01)
-        handler._raw_writer.close()
+        handler.raw_writer.close()
         master = tmp_path / "s4_master.h5"
         saved = read_frames(str(master))
         kept = [i for i in range(saved.shape[0]) if saved[i].any()]

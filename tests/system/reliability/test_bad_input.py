@@ -2,7 +2,7 @@
 
 Every case runs against the real server process (``python -m eiger_server``)
 and the fake DCU, and ends by checking that a fresh connection still gets its
-``hello`` answered. The unit tests of the server loop (test_server.py) use a
+``hello`` answered. The unit tests of the server loop (integration/test_wire_server.py) use a
 scripted handler; these use the real command handler and controller.
 """
 from __future__ import annotations
