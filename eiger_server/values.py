@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Sequence
+from typing import Any, List, Sequence
 
 import numpy as np
 
@@ -64,6 +64,19 @@ def parse_number(text: Any, what: str, integer: bool = False) -> Any:
             raise ParameterError(f"{what}: '{text}' is not a whole number")
         return int(number)
     return number
+
+
+def unquote(args: Sequence[str]) -> List[str]:
+    """The words of a value with one pair of surrounding quotes removed:
+    ``"SINGLE"`` -> ``SINGLE``, ``'/a b'`` (two words) -> ``/a b``."""
+    words = [str(a) for a in args]
+    if words and words[0][:1] in ("'", '"'):
+        quote = words[0][0]
+        joined = " ".join(words)
+        if len(joined) >= 2 and joined.endswith(quote):
+            inner = joined[1:-1]
+            return inner.split(" ") if inner else [""]
+    return words
 
 
 def one_arg(args: Sequence[str], what: str) -> str:

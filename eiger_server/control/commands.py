@@ -1,24 +1,40 @@
 """server_hdw's standard commands, mapped onto the controller.
 
-``CommandHandler.execute`` runs on the server's single command thread; an
-exception becomes an error reply ``<command>. error: <message>``.
+``CommandHandler.execute`` runs on one of the server's two executor threads
+(see :meth:`CommandHandler.is_memory_only`); an exception becomes an error
+reply ``<command>. error: <message>``.
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List
+from typing import Callable, Dict, FrozenSet, List
 
 from eiger_server.control.controller import EigerController
-from eiger_server.values import format_value, parse_number
+from eiger_server.values import format_value, parse_number, unquote
 from eiger_server.errors import DataError, EigerError, ParameterError
 from eiger_server.wire.protocol import Reply, Request
 from eiger_server.simplon.rest import check_host
 
 log = logging.getLogger(__name__)
 
+#: Commands answered from the server's memory alone (never the DCU).
+MEMORY_ONLY_COMMANDS: FrozenSet[str] = frozenset({"get_status", "clear", "goodbye", "xfer_done"})
+
+#: ``get`` names answered from the server's memory alone: counters of the
+#: stream handler and the background-command state, each behind its own lock.
+#: (``dropped`` is not one: it adds the DCU's own count, read over HTTP.)
+MEMORY_ONLY_GETS: FrozenSet[str] = frozenset({
+    "images_collected", "is_waiting_data", "cmd_executing", "get_answer", "get_command",
+})
+
+#: Bare error texts of the reference server (``(text, True)`` returns), sent
+#: on the error line without the ``<command>. error:`` prefix.
+_BARE_ERRORS = ("No acquisition done", "Unknown ROI", "not ready")
+
 
 class CommandHandler:
-    """Answers one request at a time."""
+    """Answers requests; safe to call from the server's DCU and memory threads
+    at once, as :meth:`is_memory_only` splits them."""
 
     def __init__(self, ctrl: EigerController) -> None:
         self.ctrl = ctrl
@@ -36,6 +52,16 @@ class CommandHandler:
 
     def close(self) -> None:
         pass
+
+    def is_memory_only(self, req: Request) -> bool:
+        """True if ``req`` is answered from memory alone, so the server may run
+        it beside another client's DCU call. The rule: a command of
+        :data:`MEMORY_ONLY_COMMANDS`, ``get`` of a name in
+        :data:`MEMORY_ONLY_GETS`, or a command this handler does not know
+        (answered ``unknown``). Everything else may reach the DCU."""
+        if req.command == "get":
+            return bool(req.args) and req.args[0] in MEMORY_ONLY_GETS
+        return req.command in MEMORY_ONLY_COMMANDS or req.command not in self._commands
 
     def execute(self, req: Request) -> Reply:
         command = self._commands.get(req.command)
@@ -97,7 +123,8 @@ class CommandHandler:
     def _set(self, args: List[str]) -> Reply:
         if not args:
             raise ParameterError("set needs a parameter name")
-        return Reply(text=self.ctrl.set(args[0], args[1:]))
+        # spec may quote string values: set acq_mode "SINGLE".
+        return Reply(text=self.ctrl.set(args[0], unquote(args[1:])))
 
     def _get(self, args: List[str]) -> Reply:
         if not args:
@@ -105,9 +132,10 @@ class CommandHandler:
         return Reply(text=self.ctrl.get(args[0], args[1:]))
 
     def _read(self, args: List[str]) -> Reply:
-        bounds = [int(parse_number(a, "read", integer=True)) for a in args]
-        if len(bounds) != 4:
-            raise ParameterError("read needs row_beg row_end col_beg col_end")
+        if len(args) != 4:
+            # The reference's answer; the EIGER is a 2-D device.
+            return Reply(ok=False, text="cannot decode args")
+        bounds = _bounds(args, "read")
         try:
             typename, npoints, data = self.ctrl.stream.read(*bounds)
         except DataError as exc:
@@ -117,12 +145,17 @@ class CommandHandler:
         return Reply(text=f"{npoints} {typename}", payload=data)
 
     def _write(self, args: List[str]) -> Reply:
-        dims = [int(parse_number(a, "write", integer=True)) for a in args] or [0]
+        # Bounds like read's: first last (1-D) or row_beg row_end col_beg col_end.
+        if len(args) not in (2, 4):
+            raise ParameterError("write needs bounds: row_beg row_end col_beg col_end "
+                                 "(or first last)")
+        bounds = _bounds(args, "write")
         count = 1
-        for dim in dims:
-            if dim < 0:
-                raise ParameterError("write: dimensions must not be negative")
-            count *= dim
+        for first, last in zip(bounds[::2], bounds[1::2]):
+            if last < first:
+                raise ParameterError(f"write: bounds {first}..{last} are inverted; "
+                                     "give the first index before the last")
+            count *= last - first + 1
         if count * 4 > 1 << 30:
             raise ParameterError("write: more than 1 GiB announced; refused")
         return Reply(text="ok", expect_bytes=count * 4)
@@ -130,10 +163,24 @@ class CommandHandler:
     def _set_roi(self, args: List[str]) -> Reply:
         if len(args) != 5:
             raise ParameterError("set_roi needs name row_beg row_end col_beg col_end")
-        bounds = [int(parse_number(a, "set_roi", integer=True)) for a in args[1:]]
-        self.ctrl.stream.set_roi(args[0], *bounds)
+        self.ctrl.stream.set_roi(args[0], *_bounds(args[1:], "set_roi"))
         return Reply()
 
     def _get_roi(self, args: List[str]) -> Reply:
+        # The reference's order: no data first, then the ROI's name or bounds.
+        if self.ctrl.stream.latest() is None:
+            return Reply(ok=False, text="No acquisition done")
+        if len(args) not in (1, 4):
+            return Reply(ok=False, text="Bad ROI parameters")
         # A ROI name or row_beg row_end col_beg col_end: the stream checks which.
-        return Reply(text=format_value(self.ctrl.stream.get_roi(*args)))
+        try:
+            return Reply(text=format_value(self.ctrl.stream.get_roi(*args)))
+        except DataError as exc:
+            if str(exc) in _BARE_ERRORS:
+                return Reply(ok=False, text=str(exc))
+            raise
+
+
+def _bounds(args: List[str], what: str) -> List[int]:
+    """Whole-number bounds, or a clear error naming the bad one."""
+    return [int(parse_number(a, what, integer=True)) for a in args]

@@ -169,16 +169,19 @@ def masked_stats(image: np.ndarray) -> tuple:
 
 
 def roi_bounds(shape: tuple, r0: int, r1: int, c0: int, c1: int) -> tuple:
-    """Check an inclusive ROI against an image shape; returns slices."""
+    """Slices for an inclusive ROI, clipped to the image shape like the
+    protocol's reference (numpy slicing): an end past the edge stops at it.
+    Inverted, negative or wholly outside bounds are refused."""
     rows, cols = shape[:2]
     r0, r1, c0, c1 = int(r0), int(r1), int(c0), int(c1)
     if r0 > r1 or c0 > c1:
         raise DataError(f"ROI rows {r0}..{r1}, columns {c0}..{c1}: the first row/column "
                         "must not be after the last")
-    if r0 < 0 or c0 < 0 or r1 >= rows or c1 >= cols:
-        raise DataError(f"ROI rows {r0}..{r1}, columns {c0}..{c1} is outside the image "
-                        f"(rows 0..{rows - 1}, columns 0..{cols - 1})")
-    return slice(r0, r1 + 1), slice(c0, c1 + 1)
+    if r0 < 0 or c0 < 0 or r0 >= rows or c0 >= cols:
+        raise DataError(f"ROI rows {r0}..{r1}, columns {c0}..{c1} is outside the image (rows "
+                        f"0..{rows - 1}, columns 0..{cols - 1}); ends past the edge are "
+                        "clipped, but the first row and column must be inside")
+    return slice(r0, min(r1, rows - 1) + 1), slice(c0, min(c1, cols - 1) + 1)
 
 
 def roi_sum(image: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> int | float:

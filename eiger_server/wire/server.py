@@ -1,12 +1,28 @@
-"""The TCP server spec connects to: one I/O loop, one command thread.
+"""The TCP server spec connects to: one I/O loop, two executor threads.
 
 The I/O loop (``selectors``) accepts any number of clients, parses their
 requests with :class:`~eiger_server.wire.protocol.ServerConnection` and sends
-replies from a per-client output buffer without ever blocking. Requests go
-one at a time to a single command thread that calls the handler; a request
-that arrives while one is executing is answered ``busy`` at once, and
-``hello`` is answered by the loop itself, so a slow detector never stalls the
-control path.
+replies from a per-client output buffer without ever blocking.
+
+Order: each client has a FIFO of received requests and at most one of them
+in flight, so every well-formed request is executed once, in arrival order,
+and answered in that order; nothing is answered ``busy`` by the server.
+``hello`` is answered by the loop itself when it reaches the head of its
+client's queue.
+
+Executors: requests the handler's ``is_memory_only(request)`` classifies as
+answered from the server's own memory (``get_status``, ``get
+images_collected``, ...) run on the *memory* thread; every other request
+(anything that may call the DCU) runs on the serial *DCU* thread, one at a
+time across all clients. So a second client's memory-only reads never wait
+behind the first client's slow DCU call, while a client's own memory-only
+read queued behind its own DCU call still waits for it.
+
+Bounds per client: at most ``max_pending`` requests wait in its queue; past
+that the loop stops reading its socket (TCP flow control makes the client
+wait) until the queue drains; nothing is refused. Replies the client does
+not read are capped at ``max_output`` bytes, past which the connection is
+closed.
 """
 from __future__ import annotations
 
@@ -54,6 +70,8 @@ class _Client:
         self.out_bytes = 0
         self.mask = 0           # events currently registered with the selector
         self.closed = False
+        self.pending: Deque[Event] = collections.deque()   # received, not yet started
+        self.inflight = False   # one of its requests (or write payloads) is executing
 
 
 class HardwareServer:
@@ -61,16 +79,20 @@ class HardwareServer:
 
     ``handler`` needs ``execute(Request) -> Reply``, ``receive_payload(bytes)``
     and ``describe() -> str`` (the last is called on the I/O thread for
-    ``hello`` and must not block). The listening socket is bound in the
-    constructor, so ``port`` is known (and a busy port reported) at once;
-    ``port=0`` picks a free port.
+    ``hello`` and must not block); an optional ``is_memory_only(Request) ->
+    bool`` (called on the I/O thread, must not block) sends requests to the
+    memory thread. The listening socket is bound in the constructor, so
+    ``port`` is known (and a busy port reported) at once; ``port=0`` picks a
+    free port.
     """
 
     def __init__(self, handler: Any, port: int = 5000, bind: str = "", *,
-                 max_output: int = 64 * MiB, max_line: int = DEFAULT_MAX_LINE) -> None:
+                 max_output: int = 64 * MiB, max_line: int = DEFAULT_MAX_LINE,
+                 max_pending: int = 1024) -> None:
         self.handler = handler
         self.max_output = max_output
         self.max_line = max_line
+        self.max_pending = max(1, max_pending)
         family = socket.AF_INET6 if ":" in bind else socket.AF_INET
         try:
             self._listener = socket.create_server((bind, port), family=family, backlog=32)
@@ -89,15 +111,16 @@ class HardwareServer:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._clients: Dict[int, _Client] = {}
-        self._commands: "queue.Queue[Optional[Tuple[str, _Client, Any]]]" = queue.Queue()
-        self._results: Deque[Tuple[_Client, Request, Reply]] = collections.deque()
-        self._busy = False                        # a request is on the command thread
+        # Unbounded in type, bounded in fact: each client has at most one item in them.
+        self._commands: "queue.Queue[Optional[Tuple[_Client, Event]]]" = queue.Queue()
+        self._memory: "queue.Queue[Optional[Tuple[_Client, Event]]]" = queue.Queue()
+        self._results: Deque[Tuple[_Client, Event, Optional[Reply]]] = collections.deque()
         self._stop = threading.Event()
         self._shutdown_client: Optional[_Client] = None
         self._shutdown_deadline = 0.0
         self._accept_paused_until = 0.0
         self._thread: Optional[threading.Thread] = None
-        self._worker: Optional[threading.Thread] = None
+        self._workers: List[threading.Thread] = []
         self._started = False
         self._done = threading.Event()
         self.requests = 0                         # requests executed or answered
@@ -131,9 +154,11 @@ class HardwareServer:
         if self._started:
             raise RuntimeError("serve_forever() can run only once per HardwareServer")
         self._started = True
-        self._worker = threading.Thread(target=self._command_loop, name="eiger-command",
-                                        daemon=True)
-        self._worker.start()
+        for name, jobs in (("eiger-command", self._commands), ("eiger-memory", self._memory)):
+            worker = threading.Thread(target=self._command_loop, args=(jobs,), name=name,
+                                      daemon=True)
+            worker.start()
+            self._workers.append(worker)
         self._sel.register(self._listener, selectors.EVENT_READ, "listen")
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         host, port = self.address
@@ -247,30 +272,42 @@ class HardwareServer:
 
     # ---------------------------------------------------------------- requests
     def _handle_events(self, client: _Client, events: List[Event]) -> None:
-        pending = collections.deque(events)
-        while pending and not client.closed:
-            ev = pending.popleft()
+        """Queue what the client sent, then start its next request if it has none running."""
+        for ev in events:
+            if isinstance(ev, Request):
+                self.requests += 1
+                if log.isEnabledFor(CLIENT):
+                    words = " ".join([ev.command] + ev.args)
+                    if ev.address is not None:
+                        words += f" a={ev.address}"
+                    log.log(CLIENT, "%s -> #%d %s", client.name, ev.cmdno, _short(words))
+            client.pending.append(ev)
+        self._dispatch(client)
+
+    def _dispatch(self, client: _Client) -> None:
+        while (client.pending and not client.inflight and not client.closed
+               and self._shutdown_client is None):
+            ev = client.pending.popleft()
             if isinstance(ev, Payload):
                 log.debug("client %s: received %d bytes of write data", client.name, len(ev.data))
-                self._commands.put(("payload", client, ev.data))
-                continue
-            self.requests += 1
-            if log.isEnabledFor(CLIENT):
-                words = " ".join([ev.command] + ev.args)
-                if ev.address is not None:
-                    words += f" a={ev.address}"
-                log.log(CLIENT, "%s -> #%d %s", client.name, ev.cmdno, _short(words))
-            if ev.command == "hello":
+                client.inflight = True
+                self._commands.put((client, ev))
+            elif ev.command == "hello":
                 self._send(client, ev.cmdno, Reply(True, self._hello_text(ev)))
-            elif self._busy or self._shutdown_client is not None:
-                self._send(client, ev.cmdno, Reply(True, "busy"))
             else:
-                self._busy = True
-                self._commands.put(("request", client, ev))
-                continue
-            if client.conn.paused:
-                # A write answered here (busy): no payload follows.
-                pending.extend(client.conn.resume())
+                client.inflight = True
+                jobs = self._memory if self._memory_only(ev) else self._commands
+                jobs.put((client, ev))
+
+    def _memory_only(self, req: Request) -> bool:
+        check = getattr(self.handler, "is_memory_only", None)
+        if check is None:
+            return False
+        try:
+            return bool(check(req))
+        except Exception:
+            log.exception("is_memory_only(%s) failed; sending it to the DCU thread", req.command)
+            return False
 
     def _hello_text(self, req: Request) -> str:
         if req.args:
@@ -284,8 +321,12 @@ class HardwareServer:
 
     def _take_results(self) -> None:
         while self._results:
-            client, req, reply = self._results.popleft()
-            self._busy = False
+            client, ev, reply = self._results.popleft()
+            client.inflight = False
+            if reply is None or not isinstance(ev, Request):    # a write payload was taken
+                self._dispatch(client)
+                continue
+            req = ev
             if client.closed:
                 log.info("client %s left before the reply to #%d %s", client.name,
                          req.cmdno, req.command)
@@ -352,7 +393,8 @@ class HardwareServer:
         if client.closed:
             return
         mask = 0
-        if self._shutdown_client is None and not client.conn.paused:
+        if (self._shutdown_client is None and not client.conn.paused
+                and len(client.pending) < self.max_pending):
             mask |= selectors.EVENT_READ
         if client.out:
             mask |= selectors.EVENT_WRITE
@@ -384,6 +426,7 @@ class HardwareServer:
             except (KeyError, ValueError):
                 pass
         self._clients.pop(client.sock.fileno(), None)
+        client.pending.clear()
         client.out.clear()
         client.out_bytes = 0
         try:
@@ -404,26 +447,31 @@ class HardwareServer:
             sock.close()
         self._sel.close()
         self._commands.put(None)
-        if self._worker is not None and self._worker is not threading.current_thread():
-            self._worker.join(5.0)
-            if self._worker.is_alive():
-                log.warning("a command was still running when the server stopped")
+        self._memory.put(None)
+        for worker in self._workers:
+            if worker is not threading.current_thread():
+                worker.join(5.0)
+                if worker.is_alive():
+                    log.warning("a command was still running when the server stopped")
         self._wake_w.close()
 
     # ---------------------------------------------------------- command thread
-    def _command_loop(self) -> None:
+    def _command_loop(self, jobs: "queue.Queue[Optional[Tuple[_Client, Event]]]") -> None:
+        """One executor: runs the requests put on ``jobs``, one at a time."""
         while True:
-            item = self._commands.get()
+            item = jobs.get()
             if item is None:
                 return
-            kind, client, obj = item
-            if kind == "payload":
+            client, ev = item
+            if isinstance(ev, Payload):
                 try:
-                    self.handler.receive_payload(obj)
+                    self.handler.receive_payload(ev.data)
                 except Exception:
                     log.exception("the write data from %s could not be taken", client.name)
+                self._results.append((client, ev, None))
+                self._wake()
                 continue
-            req: Request = obj
+            req = ev
             start = time.monotonic()
             try:
                 reply = self.handler.execute(req)

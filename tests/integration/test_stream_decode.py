@@ -380,8 +380,10 @@ def test_masked_statistics_match_numpy(dtype):
     assert imageproc.masked_max(image) == int(image[valid].max())
     sub = image[5:21, 2:41]
     assert imageproc.roi_sum(image, 5, 20, 2, 40) == int(sub[sub != top].sum(dtype=np.uint64))
+    # ends past the edge are clipped like the reference server's numpy slices
+    assert imageproc.roi_sum(image, 0, 50, 0, 500) == imageproc.roi_sum(image, 0, 49, 0, 69)
     with pytest.raises(DataError, match="outside"):
-        imageproc.roi_sum(image, 0, 50, 0, 5)
+        imageproc.roi_sum(image, 50, 60, 0, 5)
 
 
 @pytest.mark.parametrize("dtype,result", [(np.uint8, np.uint32), (np.uint16, np.uint32),

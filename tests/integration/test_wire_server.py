@@ -175,35 +175,41 @@ def test_address_argument_reaches_the_handler_separately(server, handler):
     assert handler.executed[-1].address == "10.0.0.7"
 
 
-# ------------------------------------------------------------------ busy
+# ------------------------------------------------------------------ order, never busy
 
-def test_busy_while_a_command_runs(server, handler):
+def test_requests_wait_their_turn_instead_of_busy(server, handler):
     a = WireClient("127.0.0.1", server.port, 5)
     b = WireClient("127.0.0.1", server.port, 5)
     a.sock.sendall(a.conn.send("slow"))
     slow_no = a.conn.last_cmdno
     assert handler.slow_started.wait(5)
-    # "slow" runs until the test releases it: these answers come while it runs
-    assert b.command("echo", "x").text == "busy"          # another client
-    assert a.command("echo", "y").text == "busy"          # the same client
-    assert b.hello().startswith("hello back V2 ")          # hello never waits
+    # "slow" runs until the test releases it: these wait for it, in order
+    b.sock.sendall(b.conn.send("echo", "x"))
+    b_no = b.conn.last_cmdno
+    a.sock.sendall(a.conn.send("echo", "y"))
+    a_no = a.conn.last_cmdno
+    with WireClient("127.0.0.1", server.port, 5) as c:    # hello waits for no other client
+        assert c.hello().startswith("hello back V2 ")
+    assert [r.command for r in handler.executed] == ["slow"]
     handler.slow_release.set()
     assert a.wait_reply(slow_no).text == "done"
-    assert b.command("echo", "x").text == "x"
-    assert [r.command for r in handler.executed] == ["slow", "echo"]
+    assert a.wait_reply(a_no).text == "y"
+    assert b.wait_reply(b_no).text == "x"
+    assert sorted(" ".join(r.args) for r in handler.executed) == ["", "x", "y"]
     a.close()
     b.close()
 
 
-def test_write_during_busy_is_refused_and_lines_continue(server, handler):
+def test_write_while_another_runs_waits_and_lines_continue(server, handler):
     a = WireClient("127.0.0.1", server.port, 5)
     b = Raw(server.port)
     a.sock.sendall(a.conn.send("slow"))
     assert handler.slow_started.wait(5)
-    b.send(b"=: 1 write 2\n=: 2 echo after\n")
-    assert b.line() == b"@: 1 4#busy\n"
-    assert b.line() == b"@: 2 4#busy\n"
+    b.send(b"=: 1 write 2\n" + b"\x01" * 8 + b"=: 2 echo after\n")
     handler.slow_release.set()
+    assert b.line() == b"@: 1 2#ok\n"
+    assert b.line() == b"@: 2 5#after\n"
+    assert handler.payloads == [b"\x01" * 8]
     a.close()
 
 

@@ -376,7 +376,10 @@ def test_fuzz_ten_thousand_requests(rig):
             busy += 1                                # a background job or count still runs
         elif not resp.ok:
             errors += 1
-            assert resp.text == "not ready" or resp.text.startswith(f"{command}. error: "), \
+            # bare texts are the reference server's own error answers
+            assert resp.text in ("not ready", "cannot decode args", "No acquisition done",
+                                 "Unknown ROI", "Bad ROI parameters") \
+                or resp.text.startswith(f"{command}. error: "), \
                 resp.text
         if cmdno % 2000 == 0:
             assert server.alive()
