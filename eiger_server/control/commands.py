@@ -162,7 +162,8 @@ class CommandHandler:
 
     def _set_roi(self, args: List[str]) -> Reply:
         if len(args) != 5:
-            raise ParameterError("set_roi needs name row_beg row_end col_beg col_end")
+            # The reference's answer (set_roi name row_beg row_end col_beg col_end).
+            return Reply(ok=False, text="Wrong number of values for ROI set")
         self.ctrl.stream.set_roi(args[0], *_bounds(args[1:], "set_roi"))
         return Reply()
 

@@ -158,7 +158,7 @@ def format_reply(cmdno: int, reply: Reply) -> List[Union[bytes, memoryview]]:
 # --------------------------------------------------------------------------
 # Server side
 
-_CMDNO = re.compile(r"-?[0-9]+\Z")
+_CMDNO = re.compile(r"[0-9]+\Z")   # the reference ignores negative numbers
 
 
 class ServerConnection:
