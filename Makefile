@@ -15,7 +15,7 @@ help:
 	@echo "make test        lint, then the whole test suite (unit, integration, system)"
 	@echo "make test-fast   unit and integration tests only (no processes)"
 	@echo "make lint        ruff and mypy (configured in pyproject.toml)"
-	@echo "make bench       stream-path benchmark (writes BENCHMARKS.md)"
+	@echo "make bench       stream-path and wire benchmarks (write BENCHMARKS.md)"
 	@echo "make soak        30-minute reliability run (SOAK_MINUTES=30)"
 	@echo "make eiger_help  render help/eiger.rst to help/eiger and help/eiger.html"
 	@echo "make eiger_server / make install [SPECD=/usr/local/lib/spec.d]"
@@ -44,6 +44,7 @@ demo: venv
 
 bench: venv
 	$(PY) bench/run.py
+	$(PY) bench/wire_latency.py
 
 SOAK_MINUTES ?= 30
 soak: venv

@@ -18,13 +18,12 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import pytest
+import pyspec.hardware.server  # noqa: F401  (certif-pyspec: make test installs it)
 
-pytest.importorskip("pyspec.hardware.server", reason="certif-pyspec (make test installs it)")
+from eiger_server.fakedcu.app import FakeDCUApp
+from eiger_server.wire.client import WireClient
 
-from eiger_server.fakedcu.app import FakeDCUApp  # noqa: E402
-from eiger_server.wire.client import WireClient  # noqa: E402
-
-from helpers import ServerProcess, free_port, server_args_for, wait_for  # noqa: E402
+from helpers import ServerProcess, free_port, server_args_for, wait_for
 
 REFERENCE = Path(__file__).with_name("reference_hdw.py")
 END = b"=: 999 goodbye\n"           # ends every script: its reply marks the end
