@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import List
 
 import numpy as np
@@ -293,3 +294,50 @@ def test_quoted_values_lose_one_pair_of_quotes(rig, tmp_path):
             (True, "SINGLE"), (True, "SINGLE"), (True, str(target)), (True, str(target))]
         c.set("data_directory", tmp_path)
         raw.close()
+
+
+# ----------------------------------------------------------------- bounded queue
+
+class _GateHandler:
+    """Every request waits for the gate, then echoes its number."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.order: List[int] = []
+
+    def describe(self) -> str:
+        return "gate"
+
+    def execute(self, req: Request):
+        self.gate.wait(20)
+        self.order.append(req.cmdno)
+        from eiger_server.wire.protocol import Reply
+        return Reply(True, str(req.cmdno))
+
+    def receive_payload(self, data: bytes) -> None:
+        pass
+
+
+def test_a_client_past_its_queue_bound_waits_and_nothing_is_refused():
+    from eiger_server.wire.server import HardwareServer
+    handler = _GateHandler()
+    srv = HardwareServer(handler, 0, "127.0.0.1", max_pending=4)
+    srv.start()
+    try:
+        raw = Raw(srv.port)
+        sender = threading.Thread(target=raw.send, daemon=True,
+                                  args=(b"".join(b"=: %d q\n" % n for n in range(1, 3001)),))
+        sender.start()
+        wait_for(lambda: srv.requests >= 5, 10, what="the first requests")
+        time.sleep(0.3)
+        # one running, 4 waiting; the rest stays unparsed or unread
+        assert srv.requests == 5
+        handler.gate.set()
+        lines = [raw.line() for _ in range(3000)]
+        assert lines == [b"@: %d %d#%d\n" % (n, len(str(n)), n) for n in range(1, 3001)]
+        assert handler.order == list(range(1, 3001))
+        sender.join(10)
+        raw.close()
+    finally:
+        handler.gate.set()
+        srv.stop()

@@ -16,9 +16,14 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
+import warnings
+
 import numpy as np
 import pytest
-import pyspec.hardware.server  # noqa: F401  (certif-pyspec: make test installs it)
+
+with warnings.catch_warnings():     # it imports asyncore, deprecated since 3.6
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import pyspec.hardware.server  # noqa: F401  (certif-pyspec: make test installs it)
 
 from eiger_server.fakedcu.app import FakeDCUApp
 from eiger_server.wire.client import WireClient

@@ -197,40 +197,47 @@ class ServerConnection:
         return self._payload is not None
 
     @property
+    def unparsed(self) -> int:
+        """Bytes received and not yet looked at (lines or payload)."""
+        return len(self._buf)
+
+    @property
     def buffered(self) -> int:
         """Bytes received but not yet turned into events."""
         return len(self._buf) + (len(self._payload) if self._payload is not None else 0)
 
     # -- input ---------------------------------------------------------------
-    def receive_data(self, data: bytes) -> List[Event]:
-        """Take received bytes; return the events they complete."""
+    def receive_data(self, data: bytes, limit: Optional[int] = None) -> List[Event]:
+        """Take received bytes; return the events they complete (at most
+        ``limit``: the rest stays buffered for the next call, which may pass
+        no data)."""
         if data:
             self._buf += data
-        return self._process()
+        return self._process(limit)
 
-    def expect_payload(self, nbytes: int) -> List[Event]:
+    def expect_payload(self, nbytes: int, limit: Optional[int] = None) -> List[Event]:
         """Collect the next ``nbytes`` raw bytes as one :class:`Payload`.
 
-        Unpauses the connection; returns the events that the bytes already
-        buffered complete.
+        Unpauses the connection; returns the events (at most ``limit``) that
+        the bytes already buffered complete.
         """
         if nbytes < 0:
             raise ValueError(f"payload size must not be negative, got {nbytes}")
         self._paused = False
         self._payload_left = nbytes
         self._payload = bytearray()
-        return self._process()
+        return self._process(limit)
 
-    def resume(self) -> List[Event]:
+    def resume(self, limit: Optional[int] = None) -> List[Event]:
         """Parse lines again after a pause without collecting a payload."""
         self._paused = False
-        return self._process()
+        return self._process(limit)
 
-    def _process(self) -> List[Event]:
+    def _process(self, limit: Optional[int] = None) -> List[Event]:
         events: List[Event] = []
         buf = self._buf
         pos = 0
-        while not self._paused:
+        while not self._paused and (limit is None or len(events) < limit):
             if self._payload is not None:
                 take = min(self._payload_left, len(buf) - pos)
                 self._payload += buf[pos:pos + take]

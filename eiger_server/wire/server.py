@@ -19,8 +19,9 @@ behind the first client's slow DCU call, while a client's own memory-only
 read queued behind its own DCU call still waits for it.
 
 Bounds per client: at most ``max_pending`` requests wait in its queue; past
-that the loop stops reading its socket (TCP flow control makes the client
-wait) until the queue drains; nothing is refused. Replies the client does
+that, lines already received stay unparsed in its buffer (at most one
+read's worth) and the loop stops reading its socket (TCP flow control makes
+the client wait) until the queue drains; nothing is refused. Replies the client does
 not read are capped at ``max_output`` bytes, past which the connection is
 closed.
 """
@@ -267,12 +268,21 @@ class HardwareServer:
             log.info("client %s disconnected", client.name)
             self._close(client)
             return
-        self._handle_events(client, client.conn.receive_data(data))
+        self._handle_events(client, client.conn.receive_data(data, self._room(client)))
         self._set_interest(client)
+
+    def _room(self, client: _Client) -> int:
+        """How many more requests the client may have waiting (lines past that
+        stay unparsed in its buffer, and its socket unread)."""
+        return max(0, self.max_pending - len(client.pending))
 
     # ---------------------------------------------------------------- requests
     def _handle_events(self, client: _Client, events: List[Event]) -> None:
         """Queue what the client sent, then start its next request if it has none running."""
+        self._queue(client, events)
+        self._dispatch(client)
+
+    def _queue(self, client: _Client, events: List[Event]) -> None:
         for ev in events:
             if isinstance(ev, Request):
                 self.requests += 1
@@ -282,11 +292,14 @@ class HardwareServer:
                         words += f" a={ev.address}"
                     log.log(CLIENT, "%s -> #%d %s", client.name, ev.cmdno, _short(words))
             client.pending.append(ev)
-        self._dispatch(client)
 
     def _dispatch(self, client: _Client) -> None:
-        while (client.pending and not client.inflight and not client.closed
-               and self._shutdown_client is None):
+        while not client.closed and self._shutdown_client is None:
+            room = self._room(client)
+            if room:    # lines left unparsed while its queue was full
+                self._queue(client, client.conn.receive_data(b"", room))
+            if client.inflight or not client.pending:
+                break
             ev = client.pending.popleft()
             if isinstance(ev, Payload):
                 log.debug("client %s: received %d bytes of write data", client.name, len(ev.data))
@@ -325,6 +338,7 @@ class HardwareServer:
             client.inflight = False
             if reply is None or not isinstance(ev, Request):    # a write payload was taken
                 self._dispatch(client)
+                self._set_interest(client)
                 continue
             req = ev
             if client.closed:
@@ -336,11 +350,11 @@ class HardwareServer:
             self._send(client, req.cmdno, reply)
             if client.closed:
                 continue
-            events: List[Event] = []
+            room = self._room(client)
             if reply.ok and reply.expect_bytes > 0:
-                events = client.conn.expect_payload(reply.expect_bytes)
-            elif client.conn.paused:
-                events = client.conn.resume()
+                events = client.conn.expect_payload(reply.expect_bytes, room)
+            else:
+                events = client.conn.resume(room) if client.conn.paused else []
             if reply.shutdown:
                 self._begin_shutdown(client)
             self._handle_events(client, events)
@@ -393,8 +407,11 @@ class HardwareServer:
         if client.closed:
             return
         mask = 0
+        # Read on only while its queue has room and what is left unparsed is at
+        # most a partial line: a client's memory stays bounded.
         if (self._shutdown_client is None and not client.conn.paused
-                and len(client.pending) < self.max_pending):
+                and len(client.pending) < self.max_pending
+                and client.conn.unparsed <= self.max_line):
             mask |= selectors.EVENT_READ
         if client.out:
             mask |= selectors.EVENT_WRITE
