@@ -21,9 +21,10 @@ read queued behind its own DCU call still waits for it.
 Bounds per client: at most ``max_pending`` requests wait in its queue; past
 that, lines already received stay unparsed in its buffer (at most one
 read's worth) and the loop stops reading its socket (TCP flow control makes
-the client wait) until the queue drains; nothing is refused. Replies the client does
-not read are capped at ``max_output`` bytes, past which the connection is
-closed.
+the client wait) until the queue drains; nothing is refused. Replies the
+client does not read are capped at ``max_output`` bytes, past which the
+connection is closed. After ``exit`` nothing more is started; the server
+stops once that reply has been sent.
 """
 from __future__ import annotations
 
@@ -336,11 +337,11 @@ class HardwareServer:
         while self._results:
             client, ev, reply = self._results.popleft()
             client.inflight = False
-            if reply is None or not isinstance(ev, Request):    # a write payload was taken
+            if reply is None:               # a write payload was taken: no reply
                 self._dispatch(client)
                 self._set_interest(client)
                 continue
-            req = ev
+            req: Request = ev  # type: ignore[assignment]
             if client.closed:
                 log.info("client %s left before the reply to #%d %s", client.name,
                          req.cmdno, req.command)
