@@ -191,9 +191,7 @@ def test_memory_only_reads_of_a_second_client_do_not_wait_for_the_dcu(rig):
 
 
 def test_memory_only_rule_is_explicit():
-    handler = CommandHandler.__new__(CommandHandler)
-    handler._commands = {"get": None, "set": None, "get_status": None, "config": None,
-                         "clear": None, "read": None}
+    handler = CommandHandler(None)      # the rule looks at the request alone
     memory = [Request(1, "get_status"), Request(1, "get", ["images_collected"]),
               Request(1, "get", ["get_answer"]), Request(1, "clear"), Request(1, "frobnicate")]
     dcu = [Request(1, "get", ["state"]), Request(1, "get", ["dropped"]), Request(1, "get"),
