@@ -71,7 +71,7 @@ def measure(seconds: float, delay: float, scratch: str) -> Dict[str, float]:
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("eiger_server did not start")
+                    raise RuntimeError("eiger_server did not start") from None
                 time.sleep(0.1)
         requests.put(faults, json={"delay": delay}, timeout=5).raise_for_status()
         stop = threading.Event()
