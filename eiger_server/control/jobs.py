@@ -11,17 +11,18 @@ import logging
 import threading
 from typing import Any, Callable, Optional
 
+from eiger_server.control.bindings import component
 from eiger_server.errors import Busy, EigerError
 from eiger_server.values import format_value
 
 log = logging.getLogger(__name__)
 
 
+@component
 class JobRunner:
     """Runs one background command at a time and keeps its answer."""
 
-    def __init__(self, ctrl: Any) -> None:
-        self.ctrl = ctrl
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self._name = ""
