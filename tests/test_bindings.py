@@ -111,7 +111,10 @@ def test_a_controller_has_an_instance_of_every_bound_component(tmp_path):
                                          http_timeout=1.0))
     try:
         for row in LOCAL_ROWS:
-            assert isinstance(ctrl.component(row.local.component), row.local.component)
+            served_by = ctrl.component(row.local.component)
+            assert isinstance(served_by, row.local.component)
+            # Components get narrow interfaces, never the controller itself.
+            assert all(value is not ctrl for value in vars(served_by).values()), row.name
         # A read that takes no argument says so instead of ignoring it.
         with pytest.raises(ParameterError, match="'seqid' does not take 1 argument"):
             ctrl.get("seqid", ["7"])

@@ -9,19 +9,18 @@ only when they change; local rows call the methods their binding names
 * access ``--`` (command): ``run`` on get and on set
 * ``background=True``: the call runs on the job runner (jobs.py)
 
-Components get narrow interfaces (interfaces.py), wired here: the controller
-itself is their DetectorConfig (the cached SIMPLON configuration).
+Components get narrow interfaces (interfaces.py), wired here; ``self.config``
+(config.py), the cached SIMPLON configuration, is their DetectorConfig.
 """
 from __future__ import annotations
 
 import logging
-import math
-import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from eiger_server.app.options import ServerOptions
 from eiger_server.control import table
 from eiger_server.control.acquisition import Acquisition
+from eiger_server.control.config import CachedConfig, ValueCache
 from eiger_server.control.jobs import JobRunner
 from eiger_server.control.monitor_images import MonitorImages
 from eiger_server.control.pixel_masks import PixelMasks
@@ -29,42 +28,12 @@ from eiger_server.control.settings import ServerInfo, Settings
 from eiger_server.control.transfers import FileTransfers
 from eiger_server.errors import DetectorError, NotSupported, ParameterError, UnknownParameter
 from eiger_server.control.table import Param
-from eiger_server.simplon.rest import SimplonClient, version_tuple
+from eiger_server.simplon.rest import SimplonClient
 from eiger_server.values import format_value, one_arg, parse_bool, parse_number
 from eiger_server.stream.handler import StreamHandler
 from eiger_server.wire.protocol import wire_type_for
 
 log = logging.getLogger(__name__)
-
-
-# -- the value cache ----------------------------------------------------
-class ValueCache:
-    """Descriptions (value, value_type, min, max, ...) of SIMPLON config values.
-
-    A PUT answers with the names it changed; those are dropped so the next
-    use reads them again.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._data: Dict[Tuple[str, str], Dict[str, Any]] = {}
-
-    def get(self, subsystem: str, key: str) -> Optional[Dict[str, Any]]:
-        with self._lock:
-            return self._data.get((subsystem, key))
-
-    def put(self, subsystem: str, key: str, description: Dict[str, Any]) -> None:
-        with self._lock:
-            self._data[(subsystem, key)] = description
-
-    def drop(self, subsystem: str, keys: Sequence[str]) -> None:
-        with self._lock:
-            for key in keys:
-                self._data.pop((subsystem, key), None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
 
 
 # -- the controller -------------------------------------------------------
@@ -76,23 +45,22 @@ class EigerController:
         self.simplon = simplon or SimplonClient(
             options.dcu_host or "", options.dcu_port, version=options.simplon_version,
             timeout=options.http_timeout)
-        self.cache = ValueCache()
         self.shutdown_requested = False
-        self._keys: Dict[Tuple[str, str], List[str]] = {}
+        self.config = CachedConfig(self.simplon, on_changed=self.on_config_changed)
         # Components, each given what it needs and no more. Callables that
         # name a component late (lambda: self.acq...) are there because the
         # stream and the acquisition need each other.
-        self.settings = Settings(self.write_config)
+        self.settings = Settings(self.config.write_config)
         self.server = ServerInfo(lambda: self.simplon.version, self._request_shutdown)
         self.jobs = JobRunner()
-        self.stream = StreamHandler(self, self.simplon, self.settings, options,
+        self.stream = StreamHandler(self.config, self.simplon, self.settings, options,
                                     acq_mode=lambda: self.acq.acq_mode)
-        self.acq = Acquisition(self, self.simplon, self.stream)
-        self.files = FileTransfers(self, self.simplon, self.settings,
+        self.acq = Acquisition(self.config, self.simplon, self.stream)
+        self.files = FileTransfers(self.config, self.simplon, self.settings,
                                    stopping=lambda: self.jobs.stopping)
         self.monitor = MonitorImages(self.simplon, self.settings,
                                      seqid=lambda: self.acq.seqid)
-        self.masks = PixelMasks(self, self.simplon, self.settings,
+        self.masks = PixelMasks(self.config, self.simplon, self.settings,
                                 latest=lambda: self.stream.latest())
         # The instance that serves each binding's component (bindings.py).
         self._components: Dict[type, Any] = {
@@ -117,54 +85,37 @@ class EigerController:
             except Exception:                       # closing must not raise
                 log.exception("closing %s", type(component).__name__)
 
-    # -- versions -------------------------------------------------------
+    # -- the DCU's configuration (config.py), for commands.py and tests --
+    @property
+    def cache(self) -> ValueCache:
+        return self.config.cache
+
     @property
     def version(self) -> str:
-        return self.simplon.version
+        return self.config.version
 
     def version_at_least(self, major: int, minor: int) -> bool:
-        return version_tuple(self.version)[:2] >= (major, minor)
+        return self.config.version_at_least(major, minor)
 
-    # -- SIMPLON with the cache -----------------------------------------
     def describe(self, subsystem: str, key: str, fresh: bool = False) -> Dict[str, Any]:
-        """The DCU's description of a config value, cached."""
-        if not fresh:
-            cached = self.cache.get(subsystem, key)
-            if cached is not None:
-                return cached
-        description = self.simplon.get(subsystem, "config", key)
-        self.cache.put(subsystem, key, description)
-        return description
+        return self.config.describe(subsystem, key, fresh)
 
     def config_value(self, key: str, subsystem: str = "detector") -> Any:
-        """A config value, from the cache when possible (for hot paths)."""
-        return self.describe(subsystem, key).get("value")
+        return self.config.config_value(key, subsystem)
 
     def write_config(self, subsystem: str, key: str, value: Any, force: bool = False) -> bool:
-        """PUT a config value unless the DCU already has it; True if sent."""
-        if not force:
-            cached = self.cache.get(subsystem, key)
-            if cached is not None and _same(cached.get("value"), value):
-                return False
-        changed = self.simplon.set_config(subsystem, key, value)
-        self.cache.drop(subsystem, list(changed) + [key])
-        self.on_config_changed(subsystem, [key, *changed])
-        return True
+        return self.config.write_config(subsystem, key, value, force)
+
+    def keys(self, subsystem: str, task: str) -> List[str]:
+        return self.config.keys(subsystem, task)
+
+    def forget_detector(self) -> None:
+        """After a restart/reboot/initialize: cached values may all be stale."""
+        self.config.forget()
 
     def on_config_changed(self, subsystem: str, keys: Sequence[str]) -> None:
         """Anything that changes the series makes the next count arm again."""
         self.acq.config_changed(subsystem, keys)
-
-    def keys(self, subsystem: str, task: str) -> List[str]:
-        cache_key = (subsystem, task)
-        if cache_key not in self._keys:
-            self._keys[cache_key] = self.simplon.keys(subsystem, task)
-        return self._keys[cache_key]
-
-    def forget_detector(self) -> None:
-        """After a restart/reboot/initialize: cached values may all be stale."""
-        self.cache.clear()
-        self._keys.clear()
 
     # -- image_par --------------------------------------------------------
     def get(self, name: str, args: Sequence[str] = ()) -> str:
@@ -320,8 +271,3 @@ class EigerController:
             width, height = height, width
         return wire_type_for(dtype).name, height, width
 
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
-    return a == b
