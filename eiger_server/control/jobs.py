@@ -66,17 +66,17 @@ class JobRunner:
             self._executing = False
 
     # -- what spec reads -------------------------------------------------
-    def get_command(self, *args: str) -> str:
+    def get_command(self) -> str:
         """Name of the latest background command ("" before the first)."""
         with self._lock:
             return self._name
 
-    def get_executing(self, *args: str) -> bool:
+    def get_executing(self) -> bool:
         """True while a background command runs."""
         with self._lock:
             return self._executing
 
-    def get_answer(self, *args: str) -> str:
+    def get_answer(self) -> str:
         """What the latest background command returned, or ``error: <message>``.
 
         Empty while it still runs (poll cmd_executing first).

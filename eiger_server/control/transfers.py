@@ -107,7 +107,7 @@ class FileTransfers:
         self._list_via: Optional[str] = None       # "status" or "files", once known
 
     # -- auto_delete -----------------------------------------------------
-    def get_auto_delete(self, *args: str) -> bool:
+    def get_auto_delete(self) -> bool:
         return self.auto_delete
 
     def set_auto_delete(self, *args: str) -> bool:
@@ -115,7 +115,7 @@ class FileTransfers:
         return self.auto_delete
 
     # -- listing ---------------------------------------------------------
-    def get_files(self, *args: str) -> List[str]:
+    def get_files(self) -> List[str]:
         """Names of the files on the DCU, as the DCU lists them."""
         order = (["status", "files", "index"] if self.detector.version_at_least(1, 7)
                  else ["files", "index", "status"])
