@@ -122,6 +122,22 @@ def test_a_controller_has_an_instance_of_every_bound_component(tmp_path):
         ctrl.close()
 
 
+@pytest.mark.parametrize("protocol,implementation", [
+    ("DetectorConfig", "eiger_server.control.config.CachedConfig"),
+    ("FileSettings", "eiger_server.control.settings.Settings"),
+    ("CountingStream", "eiger_server.stream.handler.StreamHandler"),
+])
+def test_what_the_controller_wires_provides_each_interface(protocol, implementation):
+    """Protocols are not checked at run time: check the wired classes by name."""
+    from eiger_server.control import interfaces
+    module, name = implementation.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    members = [m for m in vars(getattr(interfaces, protocol)) if not m.startswith("_")]
+    instance_attrs = {"data_directory", "prefix"}      # Settings sets these in __init__
+    for member in members:
+        assert hasattr(cls, member) or member in instance_attrs, f"{name} lacks {member}"
+
+
 # -- options ---------------------------------------------------------------------------------
 def test_parser_defaults_are_the_dataclass_defaults():
     # Every option has a field of the same name, with the same default.

@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                      f"(default {d.stream2_port})")
     det.add_argument("--queue-depth", dest="queue_depth", type=_count, default=d.queue_depth,
                      metavar="N", help="frames buffered between the stream and its "
-                     f"processing; past it frames are dropped and counted (default {d.queue_depth})")
+                     "processing; past it frames are dropped and counted "
+                     f"(default {d.queue_depth})")
     det.add_argument("--stream-workers", dest="stream_workers", type=_workers,
                      default=d.stream_workers, metavar="N",
                      help="threads decoding stream images; more use more cores on fast "

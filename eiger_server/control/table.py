@@ -3,8 +3,9 @@
 One row per name says where the value lives: a SIMPLON parameter or command
 (``subsystem``/``task``/``key``, the key possibly different per API version)
 or the component methods that serve it (``local=Local(read=..., write=...)``,
-see bindings.py: a wrong binding fails when this module is imported), its access (R, RW, W or -- for commands), the SIMPLON
-versions that have it, and how text from spec converts (``conv``).
+see bindings.py: a wrong binding fails when this module is imported), its
+access (R, RW, W or -- for commands), the SIMPLON versions that have it, and
+how text from spec converts (``conv``).
 """
 from __future__ import annotations
 

@@ -194,6 +194,11 @@ class StreamHandler:
                 self._cond.wait(remaining)
             return True
 
+    def images_collected(self) -> int:
+        """Images received in the current count (the acquisition's progress)."""
+        with self._lock:
+            return self._collected
+
     def latest(self) -> Optional[ImageResult]:
         """The latest image with ``data`` as spec reads it (oriented, filtered)."""
         return self._latest_delivered()[1]
@@ -425,8 +430,7 @@ class StreamHandler:
             return 0 if self._count_complete() else 1
 
     def get_images_collected(self) -> int:
-        with self._lock:
-            return self._collected
+        return self.images_collected()
 
     def get_dropped(self) -> int:
         dcu = 0
