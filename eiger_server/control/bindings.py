@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 T = TypeVar("T", bound=type)
 
-# Component classes that may serve rows, by class (filled by @component).
-_COMPONENTS: Dict[type, str] = {}
+# Component classes that may serve rows (filled by @component).
+_COMPONENTS: List[type] = []
 
 
 class BindingError(TypeError):
@@ -30,7 +30,8 @@ class BindingError(TypeError):
 
 def component(cls: T) -> T:
     """Register ``cls`` as a component whose methods may serve image_par rows."""
-    _COMPONENTS[cls] = cls.__qualname__
+    if cls not in _COMPONENTS:
+        _COMPONENTS.append(cls)
     return cls
 
 
