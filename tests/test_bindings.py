@@ -88,6 +88,11 @@ def test_a_row_with_both_simplon_and_local_is_refused():
               local=Local(read=Acquisition.get_seqid))
 
 
+def test_a_row_served_by_nothing_is_refused():
+    with pytest.raises(BindingError, match="names neither local methods nor a SIMPLON"):
+        Param("orphan", "X", "R", "ALL", "x", subsystem="detector")
+
+
 # -- every row of the table resolves -------------------------------------------------------
 @pytest.mark.parametrize("row", LOCAL_ROWS, ids=[row.name for row in LOCAL_ROWS])
 def test_every_local_row_is_bound_to_a_registered_component_with_the_right_arity(row):

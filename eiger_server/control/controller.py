@@ -153,12 +153,13 @@ class EigerController:
         if row.local:
             return self._call_local(row, args, write)
         if row.is_command:
-            key = row.simplon_key(self.version) or row.name
+            subsystem, _ = row.simplon_place
+            command = row.simplon_key(self.version) or row.name
             value = None
             if args:
                 value = parse_number(args[0], name) if len(args) == 1 else " ".join(args)
-            answer = self.simplon.command(row.subsystem, key, value)
-            if row.subsystem == "system" or key == "initialize":
+            answer = self.simplon.command(subsystem, command, value)
+            if subsystem == "system" or command == "initialize":
                 self.forget_detector()
             return answer
         number = table.pattern_number(row, name)
@@ -179,10 +180,11 @@ class EigerController:
         return binding.method(role)(self._components[binding.component], *args)
 
     def _read_simplon(self, row: Param, key: str) -> Any:
-        if row.task == "config":
-            description = self.describe(row.subsystem, key, fresh=True)
+        subsystem, task = row.simplon_place
+        if task == "config":
+            description = self.describe(subsystem, key, fresh=True)
         else:
-            description = self.simplon.get(row.subsystem, row.task, key)
+            description = self.simplon.get(subsystem, task, key)
         return self.from_dcu(row, description.get("value"))
 
     def from_dcu(self, row: Param, value: Any) -> Any:
@@ -195,9 +197,10 @@ class EigerController:
     def _write_simplon(self, row: Param, name: str, key: str, args: List[str]) -> Any:
         # spec's own set compares with the DCU's value now, not the cache: a DCU
         # that restarted is back at its defaults and the cache would skip the PUT.
-        description = self.describe(row.subsystem, key, fresh=True)
+        subsystem, _ = row.simplon_place
+        description = self.describe(subsystem, key, fresh=True)
         value = self.to_dcu(row, name, args, description)
-        self.write_config(row.subsystem, key, value)
+        self.write_config(subsystem, key, value)
         return self._read_simplon(row, key)
 
     def to_dcu(self, row: Param, name: str, args: List[str],

@@ -52,8 +52,18 @@ class Param:
                 raise BindingError(f"image_par row '{self.name}' names both a SIMPLON "
                                    "subsystem and local methods")
             self.local.check_access(self.name, self.access, self.set_reads)
+        elif self.unsupported is None and (self.subsystem is None or self.task is None):
+            raise BindingError(f"image_par row '{self.name}' names neither local methods "
+                               "nor a SIMPLON subsystem and task")
 
     # -- derived --------------------------------------------------------
+    @property
+    def simplon_place(self) -> Tuple[str, str]:
+        """(subsystem, task) of a SIMPLON row."""
+        if self.subsystem is None or self.task is None:
+            raise BindingError(f"image_par row '{self.name}' is not a SIMPLON row")
+        return self.subsystem, self.task
+
     @property
     def readable(self) -> bool:
         return self.access in ("R", "RW", "--")
