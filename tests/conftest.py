@@ -4,7 +4,6 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -16,6 +15,8 @@ for _folder in sorted(Path(__file__).resolve().parent.glob("*/**/")):
         sys.path.append(str(_folder))
 
 from helpers import SHARED, ServerProcess, in_ci, require_shared, server_args_for  # noqa: E402
+
+from eiger_server.app.options import ServerOptions  # noqa: E402
 
 APIS = ["1.6.0", "1.8.0"]
 
@@ -52,14 +53,11 @@ def dcu(tmp_path):
     app.stop()
 
 
-def controller_options(app, **overrides) -> SimpleNamespace:
-    options = SimpleNamespace(dcu_host="127.0.0.1", dcu_port=app.http_port, simplon_version=None,
-                              http_timeout=5.0, rotation=0, flipv=False, fliph=False,
-                              stream_port=app.stream_port, stream2_port=app.stream2_port,
-                              queue_depth=64)
-    for key, value in overrides.items():
-        setattr(options, key, value)
-    return options
+def controller_options(app, **overrides) -> ServerOptions:
+    """Options pointing a controller at the in-process fake DCU ``app``."""
+    return ServerOptions(dcu_host="127.0.0.1", dcu_port=app.http_port,
+                         stream_port=app.stream_port, stream2_port=app.stream2_port,
+                         **overrides)
 
 
 @pytest.fixture

@@ -132,19 +132,29 @@ def acquire(ctrl, nimages: int) -> int:
 class StubController:
     """What StreamHandler needs of EigerController, with no DCU: detector
     values come from ``config`` ({(subsystem, name): value}); writes land there
-    too and are listed in ``written``."""
+    too and are listed in ``written``. ``stream_handler()`` wires a handler to it."""
 
     def __init__(self, data_directory, port: int = 1, config=None, prefix: str = "s$id",
                  **options) -> None:
         from types import SimpleNamespace
-        self.options = SimpleNamespace(stream_port=port, stream2_port=port, rotation=0,
-                                       flipv=False, fliph=False, **options)
+
+        from eiger_server.app.options import ServerOptions
+        from eiger_server.control.settings import Settings
+        self.options = ServerOptions(stream_port=port, stream2_port=port, **options)
         self.simplon = SimpleNamespace(host="127.0.0.1", get=self._status)
-        self.settings = SimpleNamespace(data_directory=str(data_directory), prefix=prefix)
-        self.acq = SimpleNamespace(acq_mode="SINGLE")
+        self.settings = Settings(self.write_config)
+        self.settings.data_directory = str(data_directory)
+        self.settings.prefix = prefix
+        self.acq_mode = "SINGLE"
         self.version = "1.8.0"
         self.config = dict(config or {})
         self.written = []
+
+    def stream_handler(self):
+        """A StreamHandler wired to this stub as the controller wires it."""
+        from eiger_server.stream.handler import StreamHandler
+        return StreamHandler(self, self.simplon, self.settings, self.options,
+                             acq_mode=lambda: self.acq_mode)
 
     def _status(self, subsystem, task, name):
         from eiger_server.errors import DetectorError

@@ -26,7 +26,9 @@ class ServerOptions:
     """Everything the command line can set.
 
     ``dcu_host`` is None when ``-a`` was not given: the server still starts
-    and ``config`` reports that no detector address is known.
+    and ``config`` reports that no detector address is known.  The defaults
+    here are the only ones: the parser (build_parser) takes them from here,
+    and code and tests build options as ``ServerOptions(...)``.
     """
 
     dcu_host: Optional[str] = None
@@ -50,6 +52,7 @@ class ServerOptions:
     stream_port: int = 9999
     stream2_port: int = 31001
     queue_depth: int = 64
+    stream_workers: int = 2
 
     @property
     def lock_path(self) -> str:
@@ -109,6 +112,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"{value} decoding threads is outside 1-64")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -119,33 +132,45 @@ def _seconds(text: str) -> float:
     return value
 
 
+_DEFAULTS = ServerOptions()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of eiger_server."""
+    """The argparse parser of eiger_server; its defaults are ServerOptions'."""
+    d = _DEFAULTS
     p = argparse.ArgumentParser(prog=PROGRAM, description=_DESCRIPTION, epilog=_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     det = p.add_argument_group("detector")
     det.add_argument("-a", dest="dcu_host", metavar="HOST",
                      help="address or host name of the detector's DCU (spec passes its ADDR field)")
-    det.add_argument("-P", dest="dcu_port", type=_port, default=80, metavar="PORT",
-                     help="HTTP port of the DCU (default 80)")
-    det.add_argument("--timeout", dest="http_timeout", type=_seconds, default=5.0,
-                     metavar="SECONDS", help="time limit of one request to the DCU (default 5)")
+    det.add_argument("-P", dest="dcu_port", type=_port, default=d.dcu_port, metavar="PORT",
+                     help=f"HTTP port of the DCU (default {d.dcu_port})")
+    det.add_argument("--timeout", dest="http_timeout", type=_seconds, default=d.http_timeout,
+                     metavar="SECONDS", help="time limit of one request to the DCU "
+                     f"(default {d.http_timeout:g})")
     det.add_argument("--simplon-version", metavar="X.Y.Z",
                      help="use this SIMPLON API version instead of asking the detector")
-    det.add_argument("--stream-port", dest="stream_port", type=_port, default=9999,
-                     metavar="PORT", help="the DCU's stream V1 (legacy) port (default 9999)")
-    det.add_argument("--stream2-port", dest="stream2_port", type=_port, default=31001,
-                     metavar="PORT", help="the DCU's stream V2 (CBOR) port (default 31001)")
-    det.add_argument("--queue-depth", dest="queue_depth", type=_count, default=64,
+    det.add_argument("--stream-port", dest="stream_port", type=_port, default=d.stream_port,
+                     metavar="PORT", help="the DCU's stream V1 (legacy) port "
+                     f"(default {d.stream_port})")
+    det.add_argument("--stream2-port", dest="stream2_port", type=_port, default=d.stream2_port,
+                     metavar="PORT", help="the DCU's stream V2 (CBOR) port "
+                     f"(default {d.stream2_port})")
+    det.add_argument("--queue-depth", dest="queue_depth", type=_count, default=d.queue_depth,
                      metavar="N", help="frames buffered between the stream and its "
-                     "processing; past it frames are dropped and counted (default 64)")
+                     "processing; past it frames are dropped and counted "
+                     f"(default {d.queue_depth})")
+    det.add_argument("--stream-workers", dest="stream_workers", type=_workers,
+                     default=d.stream_workers, metavar="N",
+                     help="threads decoding stream images; more use more cores on fast "
+                     f"series (default {d.stream_workers})")
     det.add_argument("-V", dest="show_version", action="store_true",
                      help="print the detector's SIMPLON API version and exit (needs -a)")
 
     srv = p.add_argument_group("server")
-    srv.add_argument("-p", dest="port", type=_port, default=5000, metavar="PORT",
-                     help="TCP port spec connects to (default 5000)")
-    srv.add_argument("--bind", default="", metavar="ADDRESS",
+    srv.add_argument("-p", dest="port", type=_port, default=d.port, metavar="PORT",
+                     help=f"TCP port spec connects to (default {d.port})")
+    srv.add_argument("--bind", default=d.bind, metavar="ADDRESS",
                      help="listen on this local address only (default: all interfaces)")
     srv.add_argument("-d", dest="daemon", action="store_true",
                      help="run in the background; log to /tmp/eiger_server-PORT.log unless -l")
@@ -155,14 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write the log to FILE (default: standard output)")
     srv.add_argument("-L", dest="lockfile", metavar="FILE",
                      help="lock file holding the server's pid (default /tmp/eiger_server-PORT.lock)")
-    srv.add_argument("-v", dest="verbosity", type=_verbosity, default=1, metavar="N",
+    srv.add_argument("-v", dest="verbosity", type=_verbosity, default=d.verbosity, metavar="N",
                      help="log detail: 1 basic, 2 + client messages, 3 + acquisition progress, "
-                          "4 + debugging (default 1)")
+                          f"4 + debugging (default {d.verbosity})")
     srv.add_argument("--version", action="version", version=f"{PROGRAM} {__version__}")
 
     img = p.add_argument_group("image orientation (applied to images read through the stream)")
     img.add_argument("-r", "--rotate", "--rotate90", dest="rotation", action="store_const",
-                     const=90, default=0, help="rotate images 90 degrees clockwise")
+                     const=90, default=d.rotation, help="rotate images 90 degrees clockwise")
     img.add_argument("--rotate180", dest="rotation", action="store_const", const=180,
                      help="rotate images 180 degrees")
     img.add_argument("--rotate270", dest="rotation", action="store_const", const=270,
@@ -173,10 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     fake = p.add_argument_group("simulation")
     fake.add_argument("--fake-dcu", action="store_true",
                       help="start a simulated DCU inside the server and use it instead of -a")
-    fake.add_argument("--fake-api", choices=FAKE_APIS, default="1.8.0",
-                      help="SIMPLON API version the simulated DCU speaks (default 1.8.0)")
-    fake.add_argument("--fake-model", default="1M", metavar="MODEL",
-                      help="detector model the simulated DCU pretends to be (default 1M)")
+    fake.add_argument("--fake-api", choices=FAKE_APIS, default=d.fake_api,
+                      help=f"SIMPLON API version the simulated DCU speaks (default {d.fake_api})")
+    fake.add_argument("--fake-model", default=d.fake_model, metavar="MODEL",
+                      help="detector model the simulated DCU pretends to be "
+                      f"(default {d.fake_model})")
     return p
 
 
@@ -186,8 +212,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> ServerOptions:
     Bad options print a usage message and raise SystemExit(2).
     """
     ns = build_parser().parse_args(None if argv is None else list(argv))
-    # Every dataclass field has an argparse destination of the same name.
-    return ServerOptions(**{f.name: getattr(ns, f.name) for f in fields(ServerOptions)})
+    # Every dataclass field has an argparse destination of the same name, and
+    # every destination a field (a new option cannot be forgotten here).
+    names = {f.name for f in fields(ServerOptions)}
+    extra = set(vars(ns)) - names
+    if extra:
+        raise TypeError(f"options without a ServerOptions field: {sorted(extra)}")
+    return ServerOptions(**{name: getattr(ns, name) for name in names})
 
 
 __all__: List[str] = ["ServerOptions", "parse_args", "build_parser", "default_lockfile",

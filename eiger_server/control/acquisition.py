@@ -13,8 +13,11 @@ import threading
 import time
 from typing import Any, Optional, Sequence
 
+from eiger_server.control.bindings import component
+from eiger_server.control.interfaces import CountingStream, DetectorConfig
 from eiger_server.values import format_value, one_arg, parse_number
 from eiger_server.errors import DetectorError, EigerError, ParameterError
+from eiger_server.simplon.rest import SimplonClient
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +28,19 @@ _NO_REARM = {"pixel_mask", "flatfield"}
 MODES = ("SINGLE", "ACCUM")
 
 
+@component
 class Acquisition:
-    """State of the series on the DCU and of spec's current count."""
+    """State of the series on the DCU and of spec's current count.
 
-    def __init__(self, ctrl: Any) -> None:
-        self.ctrl = ctrl
+    ``detector`` is the cached configuration, ``simplon`` sends the detector
+    commands (arm, trigger, ...), ``stream`` counts the images.
+    """
+
+    def __init__(self, detector: DetectorConfig, simplon: SimplonClient,
+                 stream: CountingStream) -> None:
+        self.detector = detector
+        self.simplon = simplon
+        self.stream = stream
         self._lock = threading.RLock()
         self.seqid: Optional[int] = None
         self.armed = False
@@ -56,7 +67,7 @@ class Acquisition:
         return self.seqid if self.seqid is not None else ""
 
     def get_max_trigger(self) -> Any:
-        return self.ctrl.describe("detector", "ntrigger").get("max", "")
+        return self.detector.describe("detector", "ntrigger").get("max", "")
 
     def get_acq_mode(self) -> str:
         return self.acq_mode
@@ -100,17 +111,16 @@ class Acquisition:
             return self._arm()
 
     def _arm(self) -> Any:
-        ctrl = self.ctrl
         if self.armed:
             self._disarm_quietly()
-        ctrl.stream.prepare_series()
-        answer = ctrl.simplon.command("detector", "arm")
+        self.stream.prepare_series()
+        answer = self.simplon.command("detector", "arm")
         if isinstance(answer, dict):
             self.seqid = answer.get("sequence id", answer.get("sequence_id", self.seqid))
         self.armed = True
         self.dirty = False
         try:
-            self.triggers_left = int(ctrl.config_value("ntrigger"))
+            self.triggers_left = int(self.detector.config_value("ntrigger"))
         except (TypeError, ValueError):
             self.triggers_left = 1
         log.log(15, "armed, sequence id %s, %d trigger(s)", self.seqid, self.triggers_left)
@@ -118,28 +128,28 @@ class Acquisition:
 
     def _disarm_quietly(self) -> None:
         try:
-            self.ctrl.simplon.command("detector", "disarm")
+            self.simplon.command("detector", "disarm")
         except DetectorError as exc:
             log.warning("disarm before re-arm failed: %s", exc)
         self.armed = False
 
     def do_disarm(self, *args: str) -> str:
         with self._lock:
-            self.ctrl.simplon.command("detector", "disarm")
+            self.simplon.command("detector", "disarm")
             self.armed = False
             self.triggers_left = 0
         return ""
 
     def do_cancel(self, *args: str) -> str:
         self._halt.set()
-        self.ctrl.simplon.command("detector", "cancel")
+        self.simplon.command("detector", "cancel")
         self.armed = False
         return ""
 
     def do_abort(self, *args: str) -> str:
         self._halt.set()
         try:
-            self.ctrl.simplon.command("detector", "abort")
+            self.simplon.command("detector", "abort")
         finally:
             self.armed = False
         return ""
@@ -207,16 +217,15 @@ class Acquisition:
         exposure is what it makes of "both equal", so it is left alone (else
         every count would write it again and force a re-arm).
         """
-        ctrl = self.ctrl
-        ctrl.write_config("detector", "count_time", exposure)
-        readout = float(ctrl.config_value("detector_readout_time") or 0.0)
-        frame_time = float(ctrl.config_value("frame_time"))
+        self.detector.write_config("detector", "count_time", exposure)
+        readout = float(self.detector.config_value("detector_readout_time") or 0.0)
+        frame_time = float(self.detector.config_value("frame_time"))
         if abs(frame_time - exposure) > readout + 1e-9 * max(1.0, exposure):
-            ctrl.write_config("detector", "frame_time", exposure + readout)
+            self.detector.write_config("detector", "frame_time", exposure + readout)
 
     def _images_per_trigger(self) -> int:
         try:
-            return int(self.ctrl.config_value("nimages"))
+            return int(self.detector.config_value("nimages"))
         except (TypeError, ValueError):
             return 1
 
@@ -235,7 +244,6 @@ class Acquisition:
     def _program(self, preset: float) -> tuple:
         """count_time/frame_time (and nimages in ACCUM) for a count of ``preset``;
         returns (images per count, exposure per image, accumulate)."""
-        ctrl = self.ctrl
         n, exposure = self.plan(preset)
         accumulate = self.acq_mode == "ACCUM"
         with self._lock:
@@ -245,10 +253,10 @@ class Acquisition:
                 # ACCUM borrows nimages; the user's value comes back in SINGLE.
                 if self._single_nimages is None:
                     self._single_nimages = self._images_per_trigger()
-                ctrl.write_config("detector", "nimages", n)
+                self.detector.write_config("detector", "nimages", n)
                 self.last_acc_n = n
             elif self._single_nimages is not None:
-                ctrl.write_config("detector", "nimages", self._single_nimages)
+                self.detector.write_config("detector", "nimages", self._single_nimages)
                 self._single_nimages = None
             self.preset = preset
         return (n if accumulate else self._images_per_trigger()), exposure, accumulate
@@ -260,15 +268,14 @@ class Acquisition:
     def _count_broke(self, exc: DetectorError, nimages: int) -> DetectorError:
         """``exc`` saying how much of the count the stream had delivered: the
         DCU went away mid-series, so spec learns how many images are lost."""
-        if not self.ctrl.stream.enabled():
+        if not self.stream.enabled():
             return exc
-        got = int(self.ctrl.stream.get_images_collected())
+        got = int(self.stream.images_collected())
         return DetectorError(f"{exc}; {got} of the count's {nimages} images had arrived, "
                              f"the other {max(0, nimages - got)} are lost",
                              url=exc.url, status=exc.status, text=exc.text)
 
     def _trigger_once(self, exposure: Optional[float], nimages: int, accumulate: bool) -> None:
-        ctrl = self.ctrl
         with self._lock:
             if not self.armed or self.dirty or self.triggers_left <= 0:
                 self._arm()
@@ -277,15 +284,15 @@ class Acquisition:
                 self.armed = False
                 log.info("count halted before its trigger")
                 return
-            mode = str(ctrl.config_value("trigger_mode"))
-            ctrl.stream.begin_count(nimages, accumulate)
+            mode = str(self.detector.config_value("trigger_mode"))
+            self.stream.begin_count(nimages, accumulate)
             started = time.monotonic()
             if mode in ("ints", "inte"):
-                frame_time = float(ctrl.config_value("frame_time"))
+                frame_time = float(self.detector.config_value("frame_time"))
                 timeout = nimages * max(frame_time, exposure or 0.0) + 30.0
                 value = exposure if mode == "inte" else None
                 try:
-                    ctrl.simplon.command("detector", "trigger", value, timeout=timeout)
+                    self.simplon.command("detector", "trigger", value, timeout=timeout)
                 except DetectorError as exc:
                     if exc.status is None or self._halt.is_set():
                         raise self._count_broke(exc, nimages) from None
@@ -293,22 +300,22 @@ class Acquisition:
                     # another client): arm again and retry once.
                     log.warning("trigger refused (%s); arming again", exc)
                     self._arm()
-                    ctrl.stream.begin_count(nimages, accumulate)
-                    ctrl.simplon.command("detector", "trigger", value, timeout=timeout)
+                    self.stream.begin_count(nimages, accumulate)
+                    self.simplon.command("detector", "trigger", value, timeout=timeout)
                 self.triggers_left -= 1
                 if self.triggers_left <= 0:
                     self.armed = False
             else:
                 timeout = 3600.0           # external trigger: waits for the hardware
-        if ctrl.stream.enabled():
+        if self.stream.enabled():
             wait = max(5.0, 2.0 * nimages * (exposure or 0.0)) if mode in ("ints", "inte") else timeout
             deadline = time.monotonic() + wait
             while not self._halt.is_set():
-                if ctrl.stream.wait_count(min(0.2, max(0.0, deadline - time.monotonic()))):
+                if self.stream.wait_count(min(0.2, max(0.0, deadline - time.monotonic()))):
                     break
                 if time.monotonic() >= deadline:
                     raise EigerError(f"count: the stream delivered "
-                                     f"{format_value(ctrl.stream.get_images_collected())} of "
+                                     f"{format_value(self.stream.images_collected())} of "
                                      f"{nimages} images within {wait:g} s; check stream_state "
                                      "and dropped")
         log.log(15, "count done in %.3f s", time.monotonic() - started)

@@ -2,161 +2,81 @@
 
 ``get``/``set`` look a name up in the image_par table (table.py). SIMPLON rows
 go to the DCU through the REST client, with a cache so values are programmed
-only when they change; local rows call a component method by convention:
+only when they change; local rows call the methods their binding names
+(bindings.py) on this controller's instance of the binding's component:
 
-* access R/RW: ``component.get_<attr>(*args)`` and ``component.set_<attr>(*args)``
-* access ``--`` (command): ``component.do_<attr>(*args)`` on get and on set
+* access R/RW: ``read`` on get and ``write`` on set, with spec's words
+* access ``--`` (command): ``run`` on get and on set
 * ``background=True``: the call runs on the job runner (jobs.py)
+
+Components get narrow interfaces (interfaces.py), wired here; ``self.config``
+(config.py), the cached SIMPLON configuration, is their DetectorConfig.
 """
 from __future__ import annotations
 
-import inspect
 import logging
-import math
-import os
-import platform
-import sys
-import threading
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from eiger_server.app.options import ServerOptions
 from eiger_server.control import table
-from eiger_server import __version__
+from eiger_server.control.acquisition import Acquisition
+from eiger_server.control.config import CachedConfig, ValueCache
+from eiger_server.control.jobs import JobRunner
+from eiger_server.control.monitor_images import MonitorImages
+from eiger_server.control.pixel_masks import PixelMasks
+from eiger_server.control.settings import ServerInfo, Settings
+from eiger_server.control.transfers import FileTransfers
 from eiger_server.errors import DetectorError, NotSupported, ParameterError, UnknownParameter
 from eiger_server.control.table import Param
-from eiger_server.simplon.rest import SimplonClient, version_tuple
+from eiger_server.simplon.rest import SimplonClient
 from eiger_server.values import format_value, one_arg, parse_bool, parse_number
+from eiger_server.stream.handler import StreamHandler
 from eiger_server.wire.protocol import wire_type_for
 
 log = logging.getLogger(__name__)
-
-
-# -- the value cache ----------------------------------------------------
-class ValueCache:
-    """Descriptions (value, value_type, min, max, ...) of SIMPLON config values.
-
-    A PUT answers with the names it changed; those are dropped so the next
-    use reads them again.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._data: Dict[Tuple[str, str], Dict[str, Any]] = {}
-
-    def get(self, subsystem: str, key: str) -> Optional[Dict[str, Any]]:
-        with self._lock:
-            return self._data.get((subsystem, key))
-
-    def put(self, subsystem: str, key: str, description: Dict[str, Any]) -> None:
-        with self._lock:
-            self._data[(subsystem, key)] = description
-
-    def drop(self, subsystem: str, keys: Sequence[str]) -> None:
-        with self._lock:
-            for key in keys:
-                self._data.pop((subsystem, key), None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
-
-# -- small local components --------------------------------------------
-class Settings:
-    """Where files go: data_directory and the prefix shared with the filewriter."""
-
-    def __init__(self, ctrl: "EigerController") -> None:
-        self.ctrl = ctrl
-        self._lock = threading.Lock()
-        # A daemon runs in "/": an explicit, writable default until spec sets one.
-        self.data_directory = "/tmp"
-        self.prefix = "eiger_$id"
-
-    def get_data_directory(self) -> str:
-        return self.data_directory
-
-    def set_data_directory(self, *args: str) -> str:
-        path = os.path.expanduser(one_arg(args, "data_directory"))
-        if not os.path.isabs(path):
-            # Relative to what? The server may be a daemon running in "/".
-            raise ParameterError(f"data_directory: '{path}' is not an absolute path; give "
-                                 "the full path (e.g. from spec's DATA_DIR)")
-        path = os.path.normpath(path)
-        if os.path.exists(path) and not os.path.isdir(path):
-            raise ParameterError(f"data_directory: '{path}' exists and is not a directory")
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError as exc:
-            raise ParameterError(f"data_directory: cannot create '{path}': {exc.strerror}; "
-                                 "choose a directory you can write") from None
-        if not os.access(path, os.W_OK):
-            raise ParameterError(f"data_directory: '{path}' is not writable; "
-                                 "choose a directory you can write")
-        with self._lock:
-            self.data_directory = path
-        return path
-
-    def get_prefix(self) -> str:
-        return self.prefix
-
-    def set_prefix(self, *args: str) -> str:
-        prefix = one_arg(args, "prefix")
-        if "/" in prefix or prefix in (".", "..") or "\x00" in prefix:
-            raise ParameterError(f"prefix: '{prefix}' must be a plain file name "
-                                 "(no '/'); set data_directory for the folder")
-        # The prefix doubles as the FileWriter's name_pattern.
-        self.ctrl.write_config("filewriter", "name_pattern", prefix)
-        with self._lock:
-            self.prefix = prefix
-        return prefix
-
-
-class ServerInfo:
-    """server_version, simplon_version and kill."""
-
-    def __init__(self, ctrl: "EigerController") -> None:
-        self.ctrl = ctrl
-
-    def get_version(self) -> str:
-        return (f"eiger_server {__version__} (Python {platform.python_version()}, "
-                f"{sys.executable})")
-
-    def get_simplon_version(self) -> str:
-        return self.ctrl.simplon.version
-
-    def do_kill(self, *args: str) -> str:
-        self.ctrl.shutdown_requested = True
-        return "ok"
 
 
 # -- the controller -------------------------------------------------------
 class EigerController:
     """The detector as spec sees it; owns every component."""
 
-    def __init__(self, options: Any, simplon: Optional[SimplonClient] = None) -> None:
+    def __init__(self, options: ServerOptions, simplon: Optional[SimplonClient] = None) -> None:
         self.options = options
         self.simplon = simplon or SimplonClient(
-            getattr(options, "dcu_host", None) or "",
-            getattr(options, "dcu_port", 80),
-            version=getattr(options, "simplon_version", None),
-            timeout=getattr(options, "http_timeout", 5.0))
-        self.cache = ValueCache()
+            options.dcu_host or "", options.dcu_port, version=options.simplon_version,
+            timeout=options.http_timeout)
         self.shutdown_requested = False
-        self._keys: Dict[Tuple[str, str], List[str]] = {}
-        # Components; imported here so a broken optional part names itself.
-        from eiger_server.control.acquisition import Acquisition
-        from eiger_server.stream.handler import StreamHandler
-        from eiger_server.control.transfers import FileTransfers
-        from eiger_server.control.monitor_images import MonitorImages
-        from eiger_server.control.pixel_masks import PixelMasks
-        from eiger_server.control.jobs import JobRunner
-        self.settings = Settings(self)
-        self.server = ServerInfo(self)
-        self.jobs = JobRunner(self)
-        self.acq = Acquisition(self)
-        self.stream = StreamHandler(self)
-        self.files = FileTransfers(self)
-        self.monitor = MonitorImages(self)
-        self.masks = PixelMasks(self)
+        self.config = CachedConfig(self.simplon, on_changed=self.on_config_changed)
+        # Components, each given what it needs and no more. Callables that
+        # name a component late (lambda: self.acq...) are there because the
+        # stream and the acquisition need each other.
+        self.settings = Settings(self.config.write_config)
+        self.server = ServerInfo(lambda: self.simplon.version, self._request_shutdown)
+        self.jobs = JobRunner()
+        self.stream = StreamHandler(self.config, self.simplon, self.settings, options,
+                                    acq_mode=lambda: self.acq.acq_mode)
+        self.acq = Acquisition(self.config, self.simplon, self.stream)
+        self.files = FileTransfers(self.config, self.simplon, self.settings,
+                                   stopping=lambda: self.jobs.stopping)
+        self.monitor = MonitorImages(self.simplon, self.settings,
+                                     seqid=lambda: self.acq.seqid)
+        self.masks = PixelMasks(self.config, self.simplon, self.settings,
+                                latest=lambda: self.stream.latest())
+        # The instance that serves each binding's component (bindings.py).
+        self._components: Dict[type, Any] = {
+            type(c): c for c in (self.settings, self.server, self.jobs, self.stream,
+                                 self.acq, self.files, self.monitor, self.masks)}
+        missing = {row.local.component for row in table.TABLE if row.local} - set(self._components)
+        if missing:
+            raise TypeError("no component serves the rows of "
+                            + ", ".join(sorted(c.__qualname__ for c in missing)))
+
+    def _request_shutdown(self) -> None:
+        self.shutdown_requested = True
+
+    def component(self, cls: type) -> Any:
+        """This controller's instance of component class ``cls``."""
+        return self._components[cls]
 
     def close(self) -> None:
         for component in (self.stream, self.jobs, self.acq):
@@ -165,54 +85,37 @@ class EigerController:
             except Exception:                       # closing must not raise
                 log.exception("closing %s", type(component).__name__)
 
-    # -- versions -------------------------------------------------------
+    # -- the DCU's configuration (config.py), for commands.py and tests --
+    @property
+    def cache(self) -> ValueCache:
+        return self.config.cache
+
     @property
     def version(self) -> str:
-        return self.simplon.version
+        return self.config.version
 
     def version_at_least(self, major: int, minor: int) -> bool:
-        return version_tuple(self.version)[:2] >= (major, minor)
+        return self.config.version_at_least(major, minor)
 
-    # -- SIMPLON with the cache -----------------------------------------
     def describe(self, subsystem: str, key: str, fresh: bool = False) -> Dict[str, Any]:
-        """The DCU's description of a config value, cached."""
-        if not fresh:
-            cached = self.cache.get(subsystem, key)
-            if cached is not None:
-                return cached
-        description = self.simplon.get(subsystem, "config", key)
-        self.cache.put(subsystem, key, description)
-        return description
+        return self.config.describe(subsystem, key, fresh)
 
     def config_value(self, key: str, subsystem: str = "detector") -> Any:
-        """A config value, from the cache when possible (for hot paths)."""
-        return self.describe(subsystem, key).get("value")
+        return self.config.config_value(key, subsystem)
 
     def write_config(self, subsystem: str, key: str, value: Any, force: bool = False) -> bool:
-        """PUT a config value unless the DCU already has it; True if sent."""
-        if not force:
-            cached = self.cache.get(subsystem, key)
-            if cached is not None and _same(cached.get("value"), value):
-                return False
-        changed = self.simplon.set_config(subsystem, key, value)
-        self.cache.drop(subsystem, list(changed) + [key])
-        self.on_config_changed(subsystem, [key, *changed])
-        return True
+        return self.config.write_config(subsystem, key, value, force)
+
+    def keys(self, subsystem: str, task: str) -> List[str]:
+        return self.config.keys(subsystem, task)
+
+    def forget_detector(self) -> None:
+        """After a restart/reboot/initialize: cached values may all be stale."""
+        self.config.forget()
 
     def on_config_changed(self, subsystem: str, keys: Sequence[str]) -> None:
         """Anything that changes the series makes the next count arm again."""
         self.acq.config_changed(subsystem, keys)
-
-    def keys(self, subsystem: str, task: str) -> List[str]:
-        cache_key = (subsystem, task)
-        if cache_key not in self._keys:
-            self._keys[cache_key] = self.simplon.keys(subsystem, task)
-        return self._keys[cache_key]
-
-    def forget_detector(self) -> None:
-        """After a restart/reboot/initialize: cached values may all be stale."""
-        self.cache.clear()
-        self._keys.clear()
 
     # -- image_par --------------------------------------------------------
     def get(self, name: str, args: Sequence[str] = ()) -> str:
@@ -250,12 +153,13 @@ class EigerController:
         if row.local:
             return self._call_local(row, args, write)
         if row.is_command:
-            key = row.simplon_key(self.version) or row.name
+            subsystem, _ = row.simplon_place
+            command = row.simplon_key(self.version) or row.name
             value = None
             if args:
                 value = parse_number(args[0], name) if len(args) == 1 else " ".join(args)
-            answer = self.simplon.command(row.subsystem, key, value)
-            if row.subsystem == "system" or key == "initialize":
+            answer = self.simplon.command(subsystem, command, value)
+            if subsystem == "system" or command == "initialize":
                 self.forget_detector()
             return answer
         number = table.pattern_number(row, name)
@@ -267,26 +171,20 @@ class EigerController:
         return self._read_simplon(row, key)
 
     def _call_local(self, row: Param, args: List[str], write: bool) -> Any:
-        component_name, attr = row.local.split(".", 1)
-        component = getattr(self, component_name)
-        if row.is_command:
-            method = "do_" + attr
-        else:
-            method = ("set_" if write else "get_") + attr
-        handler: Callable[..., Any] = getattr(component, method)
-        try:
-            inspect.signature(handler).bind(*args)
-        except TypeError:
+        binding = row.local
+        assert binding is not None
+        role = "run" if row.is_command else ("write" if write else "read")
+        if not binding.accepts(role, len(args)):
             raise ParameterError(f"'{row.name}' does not take {len(args)} argument(s) "
-                                 f"({' '.join(args) or 'none given'}); see 'help eiger'"
-                                 ) from None
-        return handler(*args)
+                                 f"({' '.join(args) or 'none given'}); see 'help eiger'")
+        return binding.method(role)(self._components[binding.component], *args)
 
     def _read_simplon(self, row: Param, key: str) -> Any:
-        if row.task == "config":
-            description = self.describe(row.subsystem, key, fresh=True)
+        subsystem, task = row.simplon_place
+        if task == "config":
+            description = self.describe(subsystem, key, fresh=True)
         else:
-            description = self.simplon.get(row.subsystem, row.task, key)
+            description = self.simplon.get(subsystem, task, key)
         return self.from_dcu(row, description.get("value"))
 
     def from_dcu(self, row: Param, value: Any) -> Any:
@@ -299,9 +197,10 @@ class EigerController:
     def _write_simplon(self, row: Param, name: str, key: str, args: List[str]) -> Any:
         # spec's own set compares with the DCU's value now, not the cache: a DCU
         # that restarted is back at its defaults and the cache would skip the PUT.
-        description = self.describe(row.subsystem, key, fresh=True)
+        subsystem, _ = row.simplon_place
+        description = self.describe(subsystem, key, fresh=True)
         value = self.to_dcu(row, name, args, description)
-        self.write_config(row.subsystem, key, value)
+        self.write_config(subsystem, key, value)
         return self._read_simplon(row, key)
 
     def to_dcu(self, row: Param, name: str, args: List[str],
@@ -371,12 +270,7 @@ class EigerController:
         dtype = self.stream.result_dtype()
         width = int(self.config_value("x_pixels_in_detector"))
         height = int(self.config_value("y_pixels_in_detector"))
-        if getattr(self.options, "rotation", 0) in (90, 270):
+        if self.options.rotation in (90, 270):
             width, height = height, width
         return wire_type_for(dtype).name, height, width
 
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
-    return a == b

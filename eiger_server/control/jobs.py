@@ -11,17 +11,18 @@ import logging
 import threading
 from typing import Any, Callable, Optional
 
+from eiger_server.control.bindings import component
 from eiger_server.errors import Busy, EigerError
 from eiger_server.values import format_value
 
 log = logging.getLogger(__name__)
 
 
+@component
 class JobRunner:
     """Runs one background command at a time and keeps its answer."""
 
-    def __init__(self, ctrl: Any) -> None:
-        self.ctrl = ctrl
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self._name = ""
@@ -65,17 +66,17 @@ class JobRunner:
             self._executing = False
 
     # -- what spec reads -------------------------------------------------
-    def get_command(self, *args: str) -> str:
+    def get_command(self) -> str:
         """Name of the latest background command ("" before the first)."""
         with self._lock:
             return self._name
 
-    def get_executing(self, *args: str) -> bool:
+    def get_executing(self) -> bool:
         """True while a background command runs."""
         with self._lock:
             return self._executing
 
-    def get_answer(self, *args: str) -> str:
+    def get_answer(self) -> str:
         """What the latest background command returned, or ``error: <message>``.
 
         Empty while it still runs (poll cmd_executing first).

@@ -11,8 +11,11 @@ the prefix (``$id`` -> series id):
 from __future__ import annotations
 
 import logging
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
+from eiger_server.control.bindings import component
+from eiger_server.control.interfaces import FileSettings
+from eiger_server.simplon.rest import SimplonClient
 from eiger_server.storage import paths
 from eiger_server.values import parse_number
 from eiger_server.errors import DataError, DetectorError, ParameterError
@@ -22,17 +25,24 @@ log = logging.getLogger(__name__)
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
+@component
 class MonitorImages:
-    """Saving images the DCU's monitor holds."""
+    """Saving images the DCU's monitor holds.
 
-    def __init__(self, ctrl: Any) -> None:
-        self.ctrl = ctrl
+    ``seqid`` gives the id of the last arm (names files of the latest series).
+    """
+
+    def __init__(self, simplon: SimplonClient, settings: FileSettings,
+                 seqid: Callable[[], Any]) -> None:
+        self.simplon = simplon
+        self.settings = settings
+        self._last_seqid = seqid
         self.latest_file = ""
 
     # -- listing ---------------------------------------------------------
     def do_images(self, *args: str) -> List[List[Any]]:
         """``[[series, [ids...]], ...]`` of the images in the monitor buffer."""
-        answer = self.ctrl.simplon.monitor_list()
+        answer = self.simplon.monitor_list()
         if isinstance(answer, dict):
             answer = answer.get("value", [])
         return list(answer or [])
@@ -91,18 +101,18 @@ class MonitorImages:
 
     def _seqid(self) -> Optional[int]:
         try:
-            value = self.ctrl.acq.get_seqid()
+            value = self._last_seqid()
             return int(value) if value not in (None, "") else None
         except (AttributeError, TypeError, ValueError):
             return None
 
     def _name(self, series: Optional[int], what: str, threshold: Optional[int]) -> str:
-        base = paths.expand_id(self.ctrl.settings.prefix, series, "latest")
+        base = paths.expand_id(self.settings.prefix, series, "latest")
         return f"{base}_{what}" + (f"_th{threshold}" if threshold is not None else "") + ".tif"
 
     def _fetch(self, path: str, what: str) -> bytes:
         try:
-            data = self.ctrl.simplon.monitor_image(path)
+            data = self.simplon.monitor_image(path)
         except DetectorError as exc:
             if exc.status in (400, 404):
                 raise DataError(f"{what} is not available: {exc.text or exc}; enable the "
@@ -115,7 +125,7 @@ class MonitorImages:
         return data
 
     def _write(self, data: bytes, name: str) -> str:
-        directory = self.ctrl.settings.data_directory
+        directory = self.settings.data_directory
         target = paths.unique_path(paths.safe_join(directory, name, allow_subdirs=False))
         try:
             with paths.atomic_file(target) as out:

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
+from eiger_server.control.bindings import component
+from eiger_server.control.interfaces import DetectorConfig, FileSettings
+from eiger_server.simplon.rest import SimplonClient
 from eiger_server.storage import paths
 from eiger_server.formats.darray import decode_darray, encode_darray
 from eiger_server.errors import DataError, ParameterError
@@ -34,11 +37,19 @@ TMP_DIR = "/tmp"
 HOT_BIT = 1 << 3
 
 
+@component
 class PixelMasks:
-    """The DCU's pixel mask and flatfield as files."""
+    """The DCU's pixel mask and flatfield as files.
 
-    def __init__(self, ctrl: Any) -> None:
-        self.ctrl = ctrl
+    ``latest`` gives the stream's latest image (for calibration from a dark).
+    """
+
+    def __init__(self, detector: DetectorConfig, simplon: SimplonClient,
+                 settings: FileSettings, latest: Callable[[], Optional[Any]]) -> None:
+        self.detector = detector
+        self.simplon = simplon
+        self.settings = settings
+        self._latest = latest
 
     # -- files ---------------------------------------------------------
     def resolve(self, name: str, default: str, *, extension: bool = True) -> str:
@@ -46,7 +57,7 @@ class PixelMasks:
         name = (name or "").strip() or default
         if extension and not name.endswith(".npy"):
             name += ".npy"
-        return paths.resolve_user_path(self.ctrl.settings.data_directory, name,
+        return paths.resolve_user_path(self.settings.data_directory, name,
                                        allowed_extra=(TMP_DIR,))
 
     def _save_array(self, array: np.ndarray, path: str, what: str) -> None:
@@ -59,11 +70,11 @@ class PixelMasks:
 
     # -- DCU arrays --------------------------------------------------------
     def _shape(self) -> Tuple[int, int]:
-        return (int(self.ctrl.config_value("y_pixels_in_detector")),
-                int(self.ctrl.config_value("x_pixels_in_detector")))
+        return (int(self.detector.config_value("y_pixels_in_detector")),
+                int(self.detector.config_value("x_pixels_in_detector")))
 
     def _fetch(self, key: str, what: str) -> np.ndarray:
-        array = decode_darray(self.ctrl.simplon.get("detector", "config", key))
+        array = decode_darray(self.simplon.get("detector", "config", key))
         shape = self._shape()
         if array.shape != shape:
             raise DataError(f"the DCU's {what} has shape {array.shape}, but the detector is "
@@ -75,7 +86,7 @@ class PixelMasks:
 
     def load_mask(self, mask: np.ndarray) -> None:
         """PUT ``mask`` (uint32, shape (y, x)) to the DCU."""
-        self.ctrl.write_config("detector", "pixel_mask",
+        self.detector.write_config("detector", "pixel_mask",
                                encode_darray(np.ascontiguousarray(mask, dtype="<u4")),
                                force=True)
 
@@ -135,7 +146,7 @@ class PixelMasks:
 
     def do_pixelmask_calibrate(self, *args: str) -> int:
         """Flag every pixel that counted in the latest (dark) image; the number newly flagged."""
-        latest = self.ctrl.stream.latest()
+        latest = self._latest()
         if latest is None:
             raise DataError("no image yet: take a dark image with the stream enabled first")
         raw = np.asarray(getattr(latest, "raw", latest))

@@ -2,9 +2,10 @@
 
 One row per name says where the value lives: a SIMPLON parameter or command
 (``subsystem``/``task``/``key``, the key possibly different per API version)
-or a local handler (``local="component.attr"``, see controller.py for the
-naming convention), its access (R, RW, W or -- for commands), the SIMPLON
-versions that have it, and how text from spec converts (``conv``).
+or the component methods that serve it (``local=Local(read=..., write=...)``,
+see bindings.py: a wrong binding fails when this module is imported), its
+access (R, RW, W or -- for commands), the SIMPLON versions that have it, and
+how text from spec converts (``conv``).
 """
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
+from eiger_server.control.acquisition import Acquisition
+from eiger_server.control.bindings import BindingError, Local
+from eiger_server.control.jobs import JobRunner
+from eiger_server.control.monitor_images import MonitorImages
+from eiger_server.control.pixel_masks import PixelMasks
+from eiger_server.control.settings import ServerInfo, Settings
+from eiger_server.control.transfers import FileTransfers
 from eiger_server.simplon.rest import version_tuple
+from eiger_server.stream.handler import StreamHandler
 
 Key = Union[None, str, Mapping[str, Optional[str]]]
 
@@ -28,7 +37,7 @@ class Param:
     subsystem: Optional[str] = None  # detector, filewriter, stream, monitor, system
     task: Optional[str] = None       # config, status, command
     key: Key = None                  # SIMPLON name; a dict maps "1.6"/"1.8" to names (None: absent)
-    local: Optional[str] = None      # "component.attr" handled in Python
+    local: Optional[Local] = None    # the component methods that serve it
     conv: str = "auto"               # auto, enabled, float, int, str, bool, darray
     background: bool = False         # run as a background command (jobs.py)
     unsupported: Optional[str] = None  # a deliberate "not supported" with this reason
@@ -37,7 +46,24 @@ class Param:
     # image_par(unit, name, arg) arrives as "set name arg" and is read with arg.
     set_reads: bool = False
 
+    def __post_init__(self) -> None:
+        if self.local is not None:
+            if self.subsystem is not None:
+                raise BindingError(f"image_par row '{self.name}' names both a SIMPLON "
+                                   "subsystem and local methods")
+            self.local.check_access(self.name, self.access, self.set_reads)
+        elif self.unsupported is None and (self.subsystem is None or self.task is None):
+            raise BindingError(f"image_par row '{self.name}' names neither local methods "
+                               "nor a SIMPLON subsystem and task")
+
     # -- derived --------------------------------------------------------
+    @property
+    def simplon_place(self) -> Tuple[str, str]:
+        """(subsystem, task) of a SIMPLON row."""
+        if self.subsystem is None or self.task is None:
+            raise BindingError(f"image_par row '{self.name}' is not a SIMPLON row")
+        return self.subsystem, self.task
+
     @property
     def readable(self) -> bool:
         return self.access in ("R", "RW", "--")
@@ -113,9 +139,9 @@ _COLLECTION = ("collection mode is not supported by this server; acquire point b
 
 TABLE: List[Param] = [
     _p("server_version", SRV, "R", "ALL", "server version and the Python running it",
-       local="server.version"),
+       local=Local(read=ServerInfo.get_version)),
     _p("kill", SRV, "--", "ALL", "shut the server down (spec restarts it at reconfig)",
-       local="server.kill"),
+       local=Local(run=ServerInfo.do_kill)),
 
     # DETECTOR CONFIGURATION
     _det("beam_center_x", "RW", "ALL", "beam center, x (pixels)"),
@@ -141,10 +167,11 @@ TABLE: List[Param] = [
     _det("kappa_start", "RW", "ALL", "kappa at the first image (deg)"),
     _det("nimages", "RW", "ALL", "images per trigger"),
     _p("preset", DC, "RW", "ALL", "program count_time/frame_time (ACCUM: nimages) for counts "
-       "of this many seconds, without counting", local="acq.preset"),
+       "of this many seconds, without counting",
+       local=Local(read=Acquisition.get_preset, write=Acquisition.set_preset)),
     _det("ntrigger", "RW", "ALL", "triggers per arm"),
     _p("max_trigger", DC, "R", "ALL", "largest ntrigger the detector accepts",
-       local="acq.max_trigger"),
+       local=Local(read=Acquisition.get_max_trigger)),
     _det("number_of_excluded_pixels", "RW", "ALL", "number of masked pixels"),
     _det("omega_increment", "RW", "ALL", "omega increment per image (deg)"),
     _det("omega_start", "RW", "ALL", "omega at the first image (deg)"),
@@ -186,8 +213,9 @@ TABLE: List[Param] = [
     _p("detector_status", DS, "R", "ALL", "same as state", subsystem="detector",
        task="status", key="state", conv="str"),
     _p("simplon_version", DS, "R", "ALL", "SIMPLON API version of the DCU",
-       local="server.simplon_version"),
-    _p("seqid", DS, "R", "ALL", "sequence id returned by the last arm", local="acq.seqid"),
+       local=Local(read=ServerInfo.get_simplon_version)),
+    _p("seqid", DS, "R", "ALL", "sequence id returned by the last arm",
+       local=Local(read=Acquisition.get_seqid)),
     _p("error", DS, "R", "ALL", "detector error list", subsystem="detector", task="status"),
     _p("time", DS, "R", "ALL", "detector clock", subsystem="detector", task="status"),
     _p("humidity", DS, "R", "ALL", "humidity (%)", subsystem="detector", task="status",
@@ -203,11 +231,15 @@ TABLE: List[Param] = [
     # DETECTOR COMMANDS
     _p("initialize", DCMD, "--", "ALL", "initialize the detector (background command)",
        subsystem="detector", task="command", background=True),
-    _p("arm", DCMD, "--", "ALL", "arm the detector for a series", local="acq.arm"),
-    _p("disarm", DCMD, "--", "ALL", "end the series (closes the files)", local="acq.disarm"),
-    _p("trigger", DCMD, "--", "ALL", "software trigger (arms first if needed)", local="acq.trigger"),
-    _p("cancel", DCMD, "--", "ALL", "stop after the current image", local="acq.cancel"),
-    _p("abort", DCMD, "--", "ALL", "stop at once", local="acq.abort"),
+    _p("arm", DCMD, "--", "ALL", "arm the detector for a series",
+       local=Local(run=Acquisition.do_arm)),
+    _p("disarm", DCMD, "--", "ALL", "end the series (closes the files)",
+       local=Local(run=Acquisition.do_disarm)),
+    _p("trigger", DCMD, "--", "ALL", "software trigger (arms first if needed)",
+       local=Local(run=Acquisition.do_trigger)),
+    _p("cancel", DCMD, "--", "ALL", "stop after the current image",
+       local=Local(run=Acquisition.do_cancel)),
+    _p("abort", DCMD, "--", "ALL", "stop at once", local=Local(run=Acquisition.do_abort)),
     _p("check_connections", DCMD, "--", ">1.7", "check the detector's data links",
        subsystem="detector", task="command"),
 
@@ -219,18 +251,18 @@ TABLE: List[Param] = [
     _p("image_nr_start", FC, "RW", "ALL", "number of the first image in the files",
        subsystem="filewriter", task="config"),
     _p("name_pattern", FC, "RW", "ALL", "file name pattern ($id = series id); same as prefix",
-       local="settings.prefix"),
+       local=Local(read=Settings.get_prefix, write=Settings.set_prefix)),
     _p("compression_enabled", FC, "RW", "ALL", "HDF5 compression on (1) or off (0)",
        subsystem="filewriter", task="config", conv="bool"),
-    _p("files", FC, "R", "ALL", "the files on the DCU", local="files.files"),
+    _p("files", FC, "R", "ALL", "the files on the DCU", local=Local(read=FileTransfers.get_files)),
     _p("filelist", FC, "R", "ALL", "the files on the DCU matching a pattern",
-       local="files.filelist", set_reads=True),
+       local=Local(read=FileTransfers.get_filelist), set_reads=True),
     _p("transfer", FC, "--", "ALL", "copy files (name or pattern) to data_directory",
-       local="files.transfer", background=True),
+       local=Local(run=FileTransfers.do_transfer), background=True),
     _p("delete", FC, "--", "ALL", "delete files (name or pattern) from the DCU",
-       local="files.delete", background=True),
+       local=Local(run=FileTransfers.do_delete), background=True),
     _p("auto_delete", FC, "RW", "ALL", "delete files from the DCU after a verified transfer",
-       local="files.auto_delete"),
+       local=Local(read=FileTransfers.get_auto_delete, write=FileTransfers.set_auto_delete)),
     _p("writer_error", FS, "R", "ALL", "filewriter errors", subsystem="filewriter",
        task="status", key="error"),
     _p("writer_state", FS, "R", "ALL", "filewriter state", subsystem="filewriter",
@@ -248,15 +280,17 @@ TABLE: List[Param] = [
 
     # STREAM
     _p("stream_mode", SC, "RW", "ALL", "stream enabled (1) or disabled (0)",
-       local="stream.mode"),
+       local=Local(read=StreamHandler.get_mode, write=StreamHandler.set_mode)),
     _p("stream_version", SC, "RW", ">1.8", "stream format: V1 (legacy JSON) or V2 (CBOR)",
-       local="stream.version"),
+       local=Local(read=StreamHandler.get_version, write=StreamHandler.set_version)),
     _p("stream_autosave", SC, "RW", "ALL", "save every streamed image as TIFF (1/0)",
-       local="stream.autosave"),
+       local=Local(read=StreamHandler.get_autosave, write=StreamHandler.set_autosave)),
     _p("stream_save_mode", SC, "RW", "ALL",
        "what autosave writes: TIFF (decoded images) or HDF5RAW (compressed frames as "
-       "HDF5 chunks, no decoding)", local="stream.save_mode"),
-    _p("stream_latest_file", SC, "R", "ALL", "last TIFF file written", local="stream.latest_file"),
+       "HDF5 chunks, no decoding)",
+       local=Local(read=StreamHandler.get_save_mode, write=StreamHandler.set_save_mode)),
+    _p("stream_latest_file", SC, "R", "ALL", "last TIFF file written",
+       local=Local(read=StreamHandler.get_latest_file)),
     _p("header_detail", SC, "RW", "ALL", "stream header detail: all, basic or none",
        subsystem="stream", task="config", conv="str"),
     _p("header_appendix", SC, "RW", "ALL", "text the stream adds to the series header",
@@ -264,19 +298,21 @@ TABLE: List[Param] = [
     _p("image_appendix", SC, "RW", "ALL", "text the stream adds to every image",
        subsystem="stream", task="config", conv="str"),
     _p("save", SC, "--", "ALL", "save the latest image as TIFF to the given file",
-       local="stream.save"),
+       local=Local(run=StreamHandler.do_save)),
     _p("overwrite_images", SC, "RW", "ALL", "overwrite existing TIFF files (1) or add -img### (0)",
-       local="stream.overwrite_images"),
+
+       local=Local(read=StreamHandler.get_overwrite_images,
+                   write=StreamHandler.set_overwrite_images)),
     _p("stream_state", SS, "R", "ALL", "stream state", subsystem="stream", task="status",
        key="state", conv="str"),
     _p("stream_error", SS, "R", "ALL", "stream errors (DCU and receiver)",
-       local="stream.error"),
+       local=Local(read=StreamHandler.get_error)),
     _p("is_waiting_data", SS, "R", "ALL", "1 while images of the count are still expected",
-       local="stream.is_waiting_data"),
+       local=Local(read=StreamHandler.get_is_waiting_data)),
     _p("images_collected", SS, "R", "ALL", "images received in the current acquisition",
-       local="stream.images_collected"),
+       local=Local(read=StreamHandler.get_images_collected)),
     _p("dropped", SS, "R", "ALL", "images lost (DCU count plus frames the receiver missed)",
-       local="stream.dropped"),
+       local=Local(read=StreamHandler.get_dropped)),
     _p("stream_initialize", SCMD, "--", "ALL", "initialize the stream subsystem",
        subsystem="stream", task="command", key="initialize"),
 
@@ -300,13 +336,13 @@ TABLE: List[Param] = [
     _p("monitor_initialize", MCMD, "--", ">1.7", "initialize the monitor",
        subsystem="monitor", task="command", key="initialize"),
     _p("monitor_images", MI, "--", ">1.7", "images in the monitor: [[series, [ids]], ...]",
-       local="monitor.images"),
+       local=Local(run=MonitorImages.do_images)),
     _p("monitor_save", MI, "--", ">1.7", "save a monitor image: [series id [threshold]]",
-       local="monitor.save"),
+       local=Local(run=MonitorImages.do_save)),
     _p("monitor_save_threshold", MI, "--", ">1.7", "save the latest image of threshold N",
-       local="monitor.save_threshold"),
+       local=Local(run=MonitorImages.do_save_threshold)),
     _p("monitor_pop", MI, "--", ">1.7", "save and remove the oldest monitor image",
-       local="monitor.pop"),
+       local=Local(run=MonitorImages.do_pop)),
 
     # SYSTEM
     _p("restart", SYS, "--", "ALL", "restart the SIMPLON API service (background command)",
@@ -319,52 +355,53 @@ TABLE: List[Param] = [
 
     # DATA MANAGEMENT
     _p("prefix", DM, "RW", "ALL", "file name prefix, shared with the filewriter name_pattern",
-       local="settings.prefix"),
+       local=Local(read=Settings.get_prefix, write=Settings.set_prefix)),
     _p("stream_prefix", DM, "RW", "ALL", "file name (prefix) of TIFF files from the stream",
-       local="stream.prefix"),
+       local=Local(read=StreamHandler.get_prefix, write=StreamHandler.set_prefix)),
     _p("stream_autoindex", DM, "RW", "ALL", "add an index to TIFF names (1/0)",
-       local="stream.autoindex"),
+       local=Local(read=StreamHandler.get_autoindex, write=StreamHandler.set_autoindex)),
     _p("data_directory", DM, "RW", "ALL", "local directory for TIFF and HDF5 files",
-       local="settings.data_directory"),
+       local=Local(read=Settings.get_data_directory, write=Settings.set_data_directory)),
     _p("low_filter", DM, "RW", "ALL", "pixels below this read as 0 (stream images)",
-       local="stream.low_filter"),
+       local=Local(read=StreamHandler.get_low_filter, write=StreamHandler.set_low_filter)),
     _p("high_filter", DM, "RW", "ALL", "pixels above this read as 0 (stream images)",
-       local="stream.high_filter"),
+       local=Local(read=StreamHandler.get_high_filter, write=StreamHandler.set_high_filter)),
     _p("roival", DM, "R", "ALL", "sums of the ROIs set with set_roi, on the latest image",
-       local="stream.roival"),
+       local=Local(read=StreamHandler.get_roival)),
     _p("roisum", DM, "R", "ALL", "sum over row_beg col_beg row_end col_end of the latest image",
-       local="stream.roisum"),
+       local=Local(read=StreamHandler.get_roisum)),
     _p("sum", DM, "R", "ALL", "sum of the latest image (masked pixels excluded)",
-       local="stream.sum"),
+       local=Local(read=StreamHandler.get_sum)),
     _p("maxval", DM, "R", "ALL", "largest pixel of the latest image (masked pixels excluded)",
-       local="stream.maxval"),
+       local=Local(read=StreamHandler.get_maxval)),
     _p("acq_mode", DM, "RW", "ALL", "SINGLE or ACCUM (sum several images per count)",
-       local="acq.acq_mode"),
+       local=Local(read=Acquisition.get_acq_mode, write=Acquisition.set_acq_mode)),
     _p("acc_maxtime", DM, "RW", "ALL", "longest exposure per image in ACCUM mode (s)",
-       local="acq.acc_maxtime"),
+       local=Local(read=Acquisition.get_acc_maxtime, write=Acquisition.set_acc_maxtime)),
     _p("acc_nimages", DM, "RW", "ALL", "images summed per count in ACCUM mode",
-       local="acq.acc_nimages"),
+       local=Local(read=Acquisition.get_acc_nimages, write=Acquisition.set_acc_nimages)),
 
     # COMMAND MANAGEMENT
-    _p("get_command", CM, "R", "ALL", "the latest background command", local="jobs.command"),
+    _p("get_command", CM, "R", "ALL", "the latest background command",
+       local=Local(read=JobRunner.get_command)),
     _p("cmd_executing", CM, "R", "ALL", "1 while a background command runs",
-       local="jobs.executing"),
+       local=Local(read=JobRunner.get_executing)),
     _p("get_answer", CM, "R", "ALL", "what the latest background command returned",
-       local="jobs.answer"),
+       local=Local(read=JobRunner.get_answer)),
 
     # PIXEL MASK
     _p("pixel_mask_applied", PX, "RW", "ALL", "apply the pixel mask on the DCU (1/0)",
        subsystem="detector", task="config", conv="bool"),
     _p("pixelmask_save", PX, "--", "ALL", "save the pixel mask to a .npy file",
-       local="masks.pixelmask_save"),
+       local=Local(run=PixelMasks.do_pixelmask_save)),
     _p("pixelmask_load", PX, "--", "ALL", "load a pixel mask from a .npy file",
-       local="masks.pixelmask_load"),
+       local=Local(run=PixelMasks.do_pixelmask_load)),
     _p("pixelmask_calibrate", PX, "--", "ALL", "mask the non-zero pixels of the latest dark image",
-       local="masks.pixelmask_calibrate", background=True),
+       local=Local(run=PixelMasks.do_pixelmask_calibrate), background=True),
     _p("flatfield_correction_applied", PX, "RW", "ALL", "apply the flatfield on the DCU (1/0)",
        subsystem="detector", task="config", conv="bool"),
     _p("flatfield_save", PX, "--", "ALL", "save the flatfield to a .npy file",
-       local="masks.flatfield_save"),
+       local=Local(run=PixelMasks.do_flatfield_save)),
 
     # COLLECTION (deliberately unsupported, as the requirements allow)
     _p("collection_start", COL, "--", "ALL", "collection mode (not supported)", unsupported=_COLLECTION),

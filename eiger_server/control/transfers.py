@@ -33,9 +33,12 @@ import logging
 import os
 import re
 import shutil
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import unquote
 
+from eiger_server.control.bindings import component
+from eiger_server.control.interfaces import DetectorConfig, FileSettings
+from eiger_server.simplon.rest import SimplonClient
 from eiger_server.storage import paths
 from eiger_server.values import one_arg, parse_bool
 from eiger_server.errors import DataError, DetectorError, ParameterError
@@ -87,16 +90,24 @@ def is_data(name: str) -> bool:
     return "_data_" in name and name.endswith(".h5")
 
 
+@component
 class FileTransfers:
-    """The filewriter's files as spec sees them."""
+    """The filewriter's files as spec sees them.
 
-    def __init__(self, ctrl: Any) -> None:
-        self.ctrl = ctrl
+    ``stopping`` is true once the server shuts down (the job runner's flag).
+    """
+
+    def __init__(self, detector: DetectorConfig, simplon: SimplonClient,
+                 settings: FileSettings, stopping: Callable[[], bool]) -> None:
+        self.detector = detector
+        self.simplon = simplon
+        self.settings = settings
+        self._stopping_flag = stopping
         self.auto_delete = False
         self._list_via: Optional[str] = None       # "status" or "files", once known
 
     # -- auto_delete -----------------------------------------------------
-    def get_auto_delete(self, *args: str) -> bool:
+    def get_auto_delete(self) -> bool:
         return self.auto_delete
 
     def set_auto_delete(self, *args: str) -> bool:
@@ -104,9 +115,9 @@ class FileTransfers:
         return self.auto_delete
 
     # -- listing ---------------------------------------------------------
-    def get_files(self, *args: str) -> List[str]:
+    def get_files(self) -> List[str]:
         """Names of the files on the DCU, as the DCU lists them."""
-        order = (["status", "files", "index"] if self.ctrl.version_at_least(1, 7)
+        order = (["status", "files", "index"] if self.detector.version_at_least(1, 7)
                  else ["files", "index", "status"])
         if self._list_via:
             order.remove(self._list_via)
@@ -129,7 +140,7 @@ class FileTransfers:
 
     def _list(self, via: str) -> Any:
         """One way of listing the files (see the module docstring)."""
-        simplon = self.ctrl.simplon
+        simplon = self.simplon
         if via == "status":
             value = simplon.get_value("filewriter", "status", "files")
             return [] if value is None else value
@@ -156,7 +167,7 @@ class FileTransfers:
 
     def default_pattern(self) -> str:
         """Files of the current prefix (any series id): ``<prefix with $id -> *>_*``."""
-        return paths.expand_id(self.ctrl.settings.prefix, "*") + "_*"
+        return paths.expand_id(self.settings.prefix, "*") + "_*"
 
     def _select(self, pattern: str, what: str) -> List[str]:
         """Names on the DCU matching ``pattern``; an error when there are none."""
@@ -187,15 +198,14 @@ class FileTransfers:
         names = self._select(pattern, "delete")
         for count, name in enumerate(names):
             self._check_stop(f"delete stopped after {count} of {len(names)} files")
-            self.ctrl.simplon.delete_data(name)
+            self.simplon.delete_data(name)
         log.info("deleted %d files from the DCU: %s", len(names), ", ".join(names))
         return f"{len(names)} file{'s' if len(names) != 1 else ''} deleted from the DCU"
 
     # -- transfer --------------------------------------------------------
     def _stopping(self) -> bool:
         """The server is shutting down: a running transfer gives up at its next chunk."""
-        jobs = getattr(self.ctrl, "jobs", None)
-        return bool(getattr(jobs, "stopping", False))
+        return bool(self._stopping_flag())
 
     def _check_stop(self, message: str) -> None:
         if self._stopping():
@@ -208,7 +218,7 @@ class FileTransfers:
         """
         pattern = " ".join(args).strip() or self.default_pattern()
         names = self._select(pattern, "transfer")
-        directory = self.ctrl.settings.data_directory
+        directory = self.settings.data_directory
         renamed: Dict[str, str] = {}                 # DCU name -> local name, when they differ
         done: List[Tuple[str, str, int, str]] = []   # (name, local path, bytes, how)
         for name in names:
@@ -243,7 +253,7 @@ class FileTransfers:
             # Every file of the request is verified here: now the DCU may forget them.
             for count, (name, _, _, _) in enumerate(done):
                 try:
-                    self.ctrl.simplon.delete_data(name)
+                    self.simplon.delete_data(name)
                 except DetectorError as exc:
                     raise DataError(f"{len(done)} files transferred to {directory}, but "
                                     f"deleting '{name}' from the DCU failed ({exc}) after "
@@ -290,7 +300,7 @@ class FileTransfers:
 
     def _download(self, name: str, directory: str, tmp: str) -> int:
         """Stream ``/data/<name>`` into ``tmp``; the number of bytes, checked."""
-        simplon = self.ctrl.simplon
+        simplon = self.simplon
         try:
             response = simplon.open_data(name)
         except DetectorError as exc:

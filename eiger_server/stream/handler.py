@@ -1,4 +1,4 @@
-"""StreamHandler: the data path from the DCU's stream to spec (``ctrl.stream``).
+"""StreamHandler: the data path from the DCU's stream to spec (the stream rows).
 
 Pipeline (each stage bounded, none on the command thread)::
 
@@ -29,10 +29,14 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from eiger_server.app.options import ServerOptions
+from eiger_server.control.bindings import component
+from eiger_server.control.interfaces import DetectorConfig, FileSettings
+from eiger_server.simplon.rest import SimplonClient
 from eiger_server.stream import imageproc
 from eiger_server.storage import paths
 from eiger_server.storage.hdf5raw import DEFAULT_IMAGES_PER_FILE, Hdf5RawWriter
@@ -73,17 +77,28 @@ class _Job:
         self.skippable = False
 
 
+@component
 class StreamHandler:
-    """The stream as spec sees it: parameters, counting, the latest image."""
+    """The stream as spec sees it: parameters, counting, the latest image.
 
-    def __init__(self, ctrl: Any) -> None:
-        self.ctrl = ctrl
-        options = ctrl.options
-        self.workers = max(1, int(getattr(options, "stream_workers", 2) or 2))
+    ``detector`` is the cached configuration, ``simplon`` gives the DCU's
+    address and stream status, ``settings`` where files go, ``acq_mode`` the
+    acquisition mode (SINGLE or ACCUM) of the next count.
+    """
+
+    def __init__(self, detector: DetectorConfig, simplon: SimplonClient,
+                 settings: FileSettings, options: ServerOptions,
+                 acq_mode: Callable[[], str]) -> None:
+        self.detector = detector
+        self.simplon = simplon
+        self.settings = settings
+        self.options = options
+        self._acq_mode = acq_mode
+        self.workers = max(1, int(options.stream_workers))
         # --queue-depth bounds every frame buffer of the stream path: ZeroMQ's
         # receive buffer, the decode queue and the save queue (plus 1 GiB of
         # pending saves at most), so memory stays bounded whatever the disk does.
-        self.queue_depth = max(1, int(getattr(options, "queue_depth", None) or 64))
+        self.queue_depth = max(1, int(options.queue_depth))
         self.save_depth = self.queue_depth
         self.save_bytes = 1 << 30
         self.rcvhwm = self.queue_depth
@@ -140,7 +155,7 @@ class StreamHandler:
     def enabled(self) -> bool:
         """True when the DCU's stream is enabled (cached value)."""
         try:
-            return str(self.ctrl.config_value("mode", "stream")).lower() == "enabled"
+            return str(self.detector.config_value("mode", "stream")).lower() == "enabled"
         except EigerError as exc:
             log.debug("stream mode unknown: %s", exc)
             return False
@@ -180,6 +195,11 @@ class StreamHandler:
                 self._cond.wait(remaining)
             return True
 
+    def images_collected(self) -> int:
+        """Images received in the current count (the acquisition's progress)."""
+        with self._lock:
+            return self._collected
+
     def latest(self) -> Optional[ImageResult]:
         """The latest image with ``data`` as spec reads it (oriented, filtered)."""
         return self._latest_delivered()[1]
@@ -208,9 +228,9 @@ class StreamHandler:
     def result_dtype(self) -> np.dtype:
         """The pixel type ``read`` delivers."""
         latest = self._latest
-        accumulate = self.accumulate or str(getattr(self.ctrl.acq, "acq_mode", "")) == "ACCUM"
+        accumulate = self.accumulate or str(self._acq_mode()) == "ACCUM"
         try:
-            depth = int(self.ctrl.config_value("bit_depth_image"))
+            depth = int(self.detector.config_value("bit_depth_image"))
             dtype = np.dtype(_BIT_DEPTH_DTYPES.get(depth, np.uint32))
         except (EigerError, TypeError, ValueError):
             if latest is None:
@@ -312,14 +332,14 @@ class StreamHandler:
         return self._raw_writer
 
     # =====================================================================
-    # image_par rows (local="stream.<attr>")
+    # image_par rows (bound in control/table.py)
     # =====================================================================
     def get_mode(self) -> int:
         return 1 if self.enabled() else 0
 
     def set_mode(self, *args: str) -> int:
         on = flag_arg(args, "stream_mode")
-        self.ctrl.write_config("stream", "mode", "enabled" if on else "disabled")
+        self.detector.write_config("stream", "mode", "enabled" if on else "disabled")
         if on:
             self._ensure_receiver()
         else:
@@ -335,12 +355,12 @@ class StreamHandler:
             version = "V" + version
         if version not in ("V1", "V2"):
             raise ParameterError(f"stream_version: '{version}' is not V1 or V2")
-        if not self.ctrl.version_at_least(1, 8):
+        if not self.detector.version_at_least(1, 8):
             if version == "V2":
                 raise ParameterError(f"stream_version V2 needs SIMPLON 1.8 or later; the "
-                                     f"detector runs {self.ctrl.version}; use V1")
+                                     f"detector runs {self.detector.version}; use V1")
             return "V1"
-        self.ctrl.write_config("stream", "format", "cbor" if version == "V2" else "legacy")
+        self.detector.write_config("stream", "format", "cbor" if version == "V2" else "legacy")
         if self.enabled():
             self._ensure_receiver()
         return version
@@ -361,7 +381,7 @@ class StreamHandler:
 
     def _read_images_per_file(self) -> None:
         try:
-            value = int(self.ctrl.config_value("nimages_per_file", "filewriter") or 0)
+            value = int(self.detector.config_value("nimages_per_file", "filewriter") or 0)
         except (EigerError, TypeError, ValueError) as exc:
             log.debug("nimages_per_file unknown (%s); HDF5RAW uses %s", exc,
                       self.images_per_file)
@@ -430,13 +450,12 @@ class StreamHandler:
             return 0 if self._count_complete() else 1
 
     def get_images_collected(self) -> int:
-        with self._lock:
-            return self._collected
+        return self.images_collected()
 
     def get_dropped(self) -> int:
         dcu = 0
         try:
-            value = self.ctrl.simplon.get("stream", "status", "dropped").get("value")
+            value = self.simplon.get("stream", "status", "dropped").get("value")
             dcu = int(value or 0)
         except (EigerError, TypeError, ValueError, AttributeError) as exc:
             log.debug("stream dropped count of the DCU unknown: %s", exc)
@@ -445,7 +464,7 @@ class StreamHandler:
     def get_error(self) -> str:
         parts: List[str] = []
         try:
-            value = self.ctrl.simplon.get("stream", "status", "error").get("value")
+            value = self.simplon.get("stream", "status", "error").get("value")
             if value:
                 parts.append(f"DCU: {value}" if not isinstance(value, list)
                              else "DCU: " + "; ".join(str(v) for v in value))
@@ -505,21 +524,17 @@ class StreamHandler:
     # internals: receiver and pipeline
     # =====================================================================
     def _stream_version(self) -> str:
-        if not self.ctrl.version_at_least(1, 8):
+        if not self.detector.version_at_least(1, 8):
             return "V1"
         try:
-            value = self.ctrl.config_value("format", "stream")
+            value = self.detector.config_value("format", "stream")
         except DetectorError:
             return "V1"
         return "V2" if str(value).lower() == "cbor" else "V1"
 
     def _endpoint(self, version: str) -> str:
-        host = self.ctrl.simplon.host
-        options = self.ctrl.options
-        if version == "V2":
-            port = getattr(options, "stream2_port", None) or 31001
-        else:
-            port = getattr(options, "stream_port", None) or 9999
+        host = self.simplon.host
+        port = self.options.stream2_port if version == "V2" else self.options.stream_port
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         return f"tcp://{host}:{int(port)}"
@@ -617,7 +632,7 @@ class StreamHandler:
             if save_raw:
                 save_single = False
                 job.skippable = True
-                directory = self.ctrl.settings.data_directory
+                directory = self.settings.data_directory
                 prefix = self._prefix_for(event.series)
                 overwrite = self.overwrite
                 per_file = self.images_per_file
@@ -631,7 +646,7 @@ class StreamHandler:
                 if self.autoindex:
                     index = self.index
                     self.index += 1
-                directory = self.ctrl.settings.data_directory
+                directory = self.settings.data_directory
                 prefix = self._prefix_for(event.series)
                 overwrite = self.overwrite
         if save_single:
@@ -751,7 +766,7 @@ class StreamHandler:
                 if self.autoindex:
                     index = self.index
                     self.index += 1
-                directory = self.ctrl.settings.data_directory
+                directory = self.settings.data_directory
                 prefix = self._prefix_for(result.series)
                 overwrite = self.overwrite
         if save:
@@ -887,19 +902,19 @@ class StreamHandler:
 
     # -- names and metadata ------------------------------------------------------
     def _prefix_for(self, series: Optional[int]) -> str:
-        return paths.expand_id(self.prefix or self.ctrl.settings.prefix, series)
+        return paths.expand_id(self.prefix or self.settings.prefix, series)
 
     def _user_path(self, name: str, what: str) -> str:
         """The full path for a name from spec (see paths.resolve_user_path)."""
-        return paths.resolve_user_path(self.ctrl.settings.data_directory, name, what)
+        return paths.resolve_user_path(self.settings.data_directory, name, what)
 
     def _snapshot_meta(self) -> Dict[str, Any]:
         """Detector values for the metadata of this count's images (cached reads)."""
         meta: Dict[str, Any] = {}
-        keys = _META_KEYS + (_META_KEYS_18 if self.ctrl.version_at_least(1, 8) else ())
+        keys = _META_KEYS + (_META_KEYS_18 if self.detector.version_at_least(1, 8) else ())
         for key in keys:
             try:
-                meta[key] = self.ctrl.config_value(key)
+                meta[key] = self.detector.config_value(key)
             except (EigerError, KeyError, TypeError):
                 continue
         if "photon_energy" in meta:
@@ -943,9 +958,9 @@ class StreamHandler:
 
     # -- statistics on the latest image ------------------------------------------
     def _delivery_key(self) -> tuple:
-        options = self.ctrl.options
-        return (int(getattr(options, "rotation", 0) or 0), bool(getattr(options, "flipv", False)),
-                bool(getattr(options, "fliph", False)), self.low_filter, self.high_filter)
+        options = self.options
+        return (int(options.rotation), bool(options.flipv), bool(options.fliph),
+                self.low_filter, self.high_filter)
 
     def _stat(self, kind: str, bounds: Optional[tuple] = None) -> Any:
         image_key, latest = self._latest_delivered()

@@ -68,7 +68,7 @@ def test_a_new_preset_or_used_up_triggers_arm_again(controller, spy):
 
 def test_accumulation_plan():
     from eiger_server.control.acquisition import Acquisition
-    acq = Acquisition(ctrl=None)
+    acq = Acquisition(detector=None, simplon=None, stream=None)   # a plan needs none
     assert acq.plan(1.0) == (1, 1.0)
     acq.set_acq_mode("accum")
     acq.set_acc_maxtime("0.3")
@@ -185,13 +185,11 @@ def test_preset_programs_the_series_a_scan_arms(controller, spy):
 
 
 def test_server_names_answer_without_a_detector(tmp_path):
-    from types import SimpleNamespace
-
+    from eiger_server.app.options import ServerOptions
     from eiger_server.control.controller import EigerController
     from eiger_server.errors import DetectorError
     from helpers import free_port
-    options = SimpleNamespace(dcu_host="127.0.0.1", dcu_port=free_port(), simplon_version=None,
-                              http_timeout=2.0, rotation=0, flipv=False, fliph=False)
+    options = ServerOptions(dcu_host="127.0.0.1", dcu_port=free_port(), http_timeout=2.0)
     ctrl = EigerController(options)
     try:
         assert ctrl.get("server_version").startswith("eiger_server ")

@@ -460,7 +460,6 @@ def test_saver_refuses_when_full_and_runs_in_order():
 
 # -- the handler in-process, with the real captures pushed over ZeroMQ --------------------------
 def test_handler_v2_three_channels_autosave_and_accumulation(push, tmp_path):
-    from eiger_server.stream.handler import StreamHandler
     sock, endpoint = push
     port = int(endpoint.rsplit(":", 1)[1])
     ctrl = StubController(tmp_path, port, prefix="eiger_$id",
@@ -468,7 +467,7 @@ def test_handler_v2_three_channels_autosave_and_accumulation(push, tmp_path):
                                   ("stream", "format"): "cbor",
                                   ("detector", "bit_depth_image"): 16,
                                   ("detector", "count_time"): 0.02})
-    handler = StreamHandler(ctrl)
+    handler = ctrl.stream_handler()
     try:
         handler.set_autosave("1")
         handler.set_prefix("cap_$id")
@@ -521,9 +520,8 @@ def test_handler_v2_three_channels_autosave_and_accumulation(push, tmp_path):
 
 
 def test_handler_roi_errors_and_read_not_ready(tmp_path):
-    from eiger_server.stream.handler import StreamHandler
     ctrl = StubController(tmp_path, 1, {("stream", "mode"): "disabled"}, prefix="eiger_$id")
-    handler = StreamHandler(ctrl)
+    handler = ctrl.stream_handler()
     try:
         with pytest.raises(DataError, match="not ready"):
             handler.read(0, 1, 0, 1)

@@ -22,7 +22,6 @@ from eiger_server.formats.decode import Encoded
 from eiger_server.errors import DataError
 from eiger_server.storage.hdf5raw import Hdf5RawWriter, read_frames
 from eiger_server.stream.receiver import StreamReceiver
-from eiger_server.stream.handler import StreamHandler
 from eiger_server.formats.stream_events import ImageMessage, SeriesEnd, StreamErrorEvent
 from eiger_server.storage.tiff import TiffSaver
 import helpers
@@ -107,10 +106,9 @@ _FULL_DISK = textwrap.dedent("""
     import numpy as np
     sys.path[:0] = sys.argv[2:]
     from test_stream_saving import StubController, raw
-    from eiger_server.stream.handler import StreamHandler
     from eiger_server.formats.stream_events import ImageMessage, SeriesEnd
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    handler = StreamHandler(StubController(sys.argv[1]))
+    handler = StubController(sys.argv[1]).stream_handler()
     handler.start_pipeline()
     handler.set_save_mode("HDF5RAW")
     handler.set_autosave("1")
@@ -147,7 +145,7 @@ def test_hdf5raw_full_disk_counts_every_lost_frame_and_writes_the_master(tmp_pat
 def test_hdf5raw_unwritable_directory_counts_frames_from_the_series_start(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    handler = StreamHandler(StubController(blocker / "data"))
+    handler = StubController(blocker / "data").stream_handler()
     handler.start_pipeline()
     try:
         handler.set_save_mode("HDF5RAW")
@@ -166,7 +164,7 @@ def test_hdf5raw_unwritable_directory_counts_frames_from_the_series_start(tmp_pa
 
 # -- 3. the series is finished at its end whatever autosave and the mode are now -------------
 def test_hdf5raw_series_closed_at_end_after_autosave_off(tmp_path):
-    handler = StreamHandler(StubController(tmp_path))
+    handler = StubController(tmp_path).stream_handler()
     handler.start_pipeline()
     try:
         handler.set_save_mode("HDF5RAW")
@@ -233,7 +231,7 @@ def test_crafted_channel_name_over_zmq_stays_inside(tmp_path, mode):
     data.mkdir(parents=True)
     ctrl = StubController(data, port, {("stream", "mode"): "enabled",
                                        ("stream", "format"): "cbor"}, prefix="p$id")
-    handler = StreamHandler(ctrl)
+    handler = ctrl.stream_handler()
     try:
         handler.set_save_mode(mode)
         handler.set_autosave("1")
@@ -352,7 +350,7 @@ def test_saver_close_counts_dropped_jobs_and_reports_a_stuck_thread():
 
 def test_handler_close_leaves_the_writer_to_a_stuck_saver(tmp_path, monkeypatch):
     import threading
-    handler = StreamHandler(StubController(tmp_path))
+    handler = StubController(tmp_path).stream_handler()
     handler.start_pipeline()
     handler.set_save_mode("HDF5RAW")
     handler.set_autosave("1")

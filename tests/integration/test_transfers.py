@@ -283,12 +283,17 @@ def test_delete_by_pattern_and_unknown_names(controller):
     assert "is not on the DCU" in wait_job(ctrl)
 
 
+def _transfers_without_a_dcu():
+    from eiger_server.control.settings import Settings
+    from eiger_server.control.transfers import FileTransfers
+    return FileTransfers(detector=None, simplon=None, settings=Settings(lambda *a: True),
+                         stopping=lambda: False)
+
+
 @pytest.mark.parametrize("name", ["../escape.h5", "a/b.h5", "/etc/passwd", "..", ".hidden",
                                   "x;rm.h5", "*/*"])
 def test_names_that_could_escape_are_refused(name, tmp_path, monkeypatch):
-    ctrl = EigerController.__new__(EigerController)   # no DCU needed: refused before
-    from eiger_server.control.transfers import FileTransfers
-    files = FileTransfers(ctrl)
+    files = _transfers_without_a_dcu()   # no DCU needed: refused before
     monkeypatch.setattr(files, "get_files", lambda *a: ["../escape.h5", "ok.h5"])
     for call in (files.do_transfer, files.do_delete, files.get_filelist):
         with pytest.raises(DataError, match="refused"):
@@ -296,8 +301,7 @@ def test_names_that_could_escape_are_refused(name, tmp_path, monkeypatch):
 
 
 def test_dcu_names_outside_the_safe_set_are_refused(tmp_path, monkeypatch):
-    from eiger_server.control.transfers import FileTransfers
-    files = FileTransfers(EigerController.__new__(EigerController))
+    files = _transfers_without_a_dcu()
     monkeypatch.setattr(files, "get_files", lambda *a: ["../../etc/passwd_master.h5"])
     with pytest.raises(DataError, match="refused"):
         files.do_transfer("*master.h5")

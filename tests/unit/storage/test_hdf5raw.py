@@ -185,10 +185,12 @@ def test_stream_handler_hdf5raw_save_mode_drops_and_counts_when_saving_is_behind
     from eiger_server.stream.handler import StreamHandler
     from eiger_server.formats.stream_events import ImageMessage
 
-    ctrl = SimpleNamespace(options=SimpleNamespace(queue_depth=2, stream_workers=1),
-                           settings=SimpleNamespace(data_directory=str(tmp_path), prefix="s$id"),
-                           config_value=lambda *a, **k: 5)
-    handler = StreamHandler(ctrl)
+    from eiger_server.app.options import ServerOptions
+    detector = SimpleNamespace(config_value=lambda *a, **k: 5)
+    settings = SimpleNamespace(data_directory=str(tmp_path), prefix="s$id")
+    handler = StreamHandler(detector, SimpleNamespace(host="127.0.0.1"), settings,
+                            ServerOptions(queue_depth=2, stream_workers=1),
+                            acq_mode=lambda: "SINGLE")
     handler.start_pipeline()
     try:
         assert handler.set_save_mode("hdf5raw") == "HDF5RAW"
