@@ -176,8 +176,7 @@ PAGE = """<!DOCTYPE html>
 body{font-family:sans-serif;margin:0;background:#1e1e1e;color:#ddd;display:flex}
 #view{flex:1;padding:8px}
 #frame{position:relative;display:inline-block;background:#000;cursor:crosshair}
-#live{display:block;image-rendering:pixelated;max-width:calc(100vw - 340px);
- max-height:calc(100vh - 70px);min-width:256px}
+#live{display:block;image-rendering:pixelated;width:calc(100vw - 340px);height:auto}
 aside{width:300px;padding:8px;background:#2a2a2a;height:100vh;box-sizing:border-box;
  overflow:auto}
 table{border-collapse:collapse;width:100%}td{padding:2px 4px}td:first-child{color:#999}
