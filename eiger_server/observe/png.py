@@ -23,6 +23,22 @@ MASKED = (255, 0, 255)                   # masked pixels: magenta
 MAX_SIZE = 1024                          # longest side of the PNG
 
 
+def _block_max(values: np.ndarray, mask: np.ndarray, f: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Each f x f block's maximum (and whether all of it is masked); strided
+    slices, as reshaping to 4-D and reducing is many times slower."""
+    rows, cols = max(1, values.shape[0] // f), max(1, values.shape[1] // f)
+    out = values[0::f, 0::f][:rows, :cols].copy()
+    all_masked = mask[0::f, 0::f][:rows, :cols].copy()
+    for i in range(f):
+        for j in range(f):
+            if i or j:
+                part = values[i::f, j::f][:rows, :cols]
+                if part.shape == out.shape:
+                    np.maximum(out, part, out=out)
+                    np.logical_and(all_masked, mask[i::f, j::f][:rows, :cols], out=all_masked)
+    return out, all_masked
+
+
 def palette(name: str) -> bytes:
     anchors = np.array(_MAPS[name], dtype=float)
     x = np.linspace(0, len(anchors) - 1, 255)
@@ -66,21 +82,23 @@ def render(image: np.ndarray, *, scale: str = "log", cmap: str = "viridis",
     else:
         mask = ~np.isfinite(view) if np.issubdtype(view.dtype, np.floating) else \
             np.zeros(view.shape, bool)
-    values = np.where(mask, 0, view).astype(np.float32)
+    values = np.where(mask, 0, view)
     factor = max(1, -(-max(values.shape) // max_size))
     if factor > 1:
-        h, w = (values.shape[0] // factor) * factor, (values.shape[1] // factor) * factor
-        h, w = max(h, factor), max(w, factor)
-        values = values[:h, :w]
-        mask = mask[:h, :w]
-        shape = (values.shape[0] // factor, factor, values.shape[1] // factor, factor)
-        values = values.reshape(shape).max(axis=(1, 3))
-        mask = mask.reshape(shape).all(axis=(1, 3))
+        values, mask = _block_max(values, mask, factor)
     values = np.maximum(values, 0)
-    if scale == "log":
-        values = np.log1p(values)
     top = float(values.max()) if values.size else 0.0
-    indices = (values * (254.0 / top)).astype(np.uint8) if top > 0 else \
-        np.zeros(values.shape, np.uint8)
+    if top <= 0:
+        indices = np.zeros(values.shape, np.uint8)
+    elif values.dtype.kind in "ui" and values.dtype.itemsize <= 2:
+        # 8 and 16 bit: one table lookup per pixel instead of float arithmetic
+        levels = np.arange(int(top) + 1, dtype=np.float32)
+        curve = np.log1p(levels) / np.log1p(top) if scale == "log" else levels / top
+        indices = (curve * 254.0).astype(np.uint8)[values]
+    else:
+        values = values.astype(np.float32)
+        if scale == "log":
+            values, top = np.log1p(values), float(np.log1p(top))
+        indices = (values * (254.0 / top)).astype(np.uint8)
     indices[mask] = 255
     return encode(indices, palette(cmap)), factor
