@@ -19,8 +19,10 @@ the image parts; :func:`eiger_server.listen` does all of it.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
+import weakref
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -70,6 +72,9 @@ class Publisher:
             self._thread = threading.Thread(target=self._decoded_loop, daemon=True,
                                             name="observe-publish-decoded")
             self._thread.start()
+        # Messages still queued hold image buffers zero-copy: the socket must be
+        # closed before Python shuts down, or freeing them later crashes it.
+        atexit.register(_close_at_exit, weakref.ref(self))
         log.info("publishing the stream on %s%s", self.endpoint,
                  f" (decoded images at most {self.decoded_rate:g}/s)" if self.decoded_rate
                  else "")
@@ -100,7 +105,8 @@ class Publisher:
         if self._thread is not None:
             self._thread.join(2)
         with self._lock:
-            self._sock.close(0)
+            if not self._sock.closed:
+                self._sock.close(0)
 
     # -- internals -------------------------------------------------------------------
     def _send(self, message: list) -> None:
@@ -133,3 +139,9 @@ class Publisher:
             self.decoded_sent += 1
             # at most decoded_rate a second; the newest image offered meanwhile goes next
             self._stop.wait(period)
+
+
+def _close_at_exit(ref: "weakref.ref[Publisher]") -> None:
+    publisher = ref()
+    if publisher is not None:
+        publisher.close()
