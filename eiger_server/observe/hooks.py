@@ -9,14 +9,9 @@ never raise: an observer that needs to do more hands it to its own thread.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from eiger_server.formats.stream_events import ImageMessage, SeriesEnd, SeriesHeader
-
-try:                                   # Python 3.8+
-    from typing import Protocol
-except ImportError:  # pragma: no cover
-    Protocol = object  # type: ignore[assignment]
 
 
 class StreamObserver(Protocol):

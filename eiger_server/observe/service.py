@@ -96,6 +96,9 @@ class Observation:
         self.publisher: Optional[Publisher] = None
         self.http: Any = None
         address = getattr(options, "publish", None)
+        if getattr(options, "publish_decoded", 0.0) and not address:
+            log.warning("--publish-decoded needs --publish tcp://HOST:PORT; nothing is "
+                        "published")
         if address:
             self.publisher = Publisher(address, hwm=getattr(options, "queue_depth", 64) or 64,
                                        decoded_rate=getattr(options, "publish_decoded", 0.0))

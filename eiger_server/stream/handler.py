@@ -299,7 +299,7 @@ class StreamHandler:
         (for eiger_server.observe; no DCU request)."""
         receiver, saver = self._receiver, self._saver
         return {"lost": self._receiver_lost(), "unreadable": self.decode_failures,
-                "unsaved": self.unsaved + (saver.dropped if saver is not None else 0),
+                "unsaved": self.unsaved,
                 "duplicates": receiver.duplicates if receiver is not None else 0,
                 "stale": receiver.stale if receiver is not None else 0,
                 "queue": self._queue.qsize(), "queue_depth": self.queue_depth,
