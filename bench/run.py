@@ -30,8 +30,10 @@ How it measures
   of ``eiger_server.observe`` attached to the sink (the observer hook on the
   receiver and the decoders, ``--publish`` with decoded images at 5/s), while
   another process polls the page as the browser does (/status 3 times a
-  second, /latest.png for each new image) and subscribes to every image
-  (rows marked ``+view+sub``): the stream path's figures should not change.
+  second, /latest.png for each new image) and subscribes as a viewer does,
+  to the decoded images (``--observe``, rows ``+view+sub``) or to every
+  image as received (``--observe image``, rows ``+view+sub(all)``: a second
+  full-rate stream leaves this process, over the same 2 cores).
 * The control path: eiger_server as a separate process against a fake DCU
   streaming a 1M at its maximum rate; a client times ``get state`` round
   trips, and scan points (run → get_status 0 → get_roi).
@@ -391,7 +393,7 @@ def verify_hdf5(outdir: str, model: str, bits: int, count: int = 24) -> str:
 
 
 # ========================================================================== one run
-def _watcher_main(conn: Any, url: str, address: str) -> None:
+def _watcher_main(conn: Any, url: str, address: str, topic: str) -> None:
     """Child process: the live page as a browser polls it, and a PUB subscriber."""
     import json
     import urllib.request
@@ -415,7 +417,7 @@ def _watcher_main(conn: Any, url: str, address: str) -> None:
     thread = threading.Thread(target=page, daemon=True)
     thread.start()
     sub = zmq.Context.instance().socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"image")
+    sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
     sub.connect(address)
     conn.send("ready")
     while not conn.poll(0):
@@ -429,18 +431,19 @@ def _watcher_main(conn: Any, url: str, address: str) -> None:
 
 
 def run_one(source: Source, model: str, bits: int, mode: str, rate: str, nframes: int,
-            depth: int, scratch: str, observe: bool = False) -> Dict[str, Any]:
+            depth: int, scratch: str, observe: str = "") -> Dict[str, Any]:
     width, height, max_rate = MODELS[model]
     lossless = rate == "max"
     outdir = tempfile.mkdtemp(prefix=f"{mode}-", dir=scratch if mode != "tiff" else "/dev/shm")
     sink = Sink(source.endpoint, source.version, mode, depth=depth, lossless=lossless,
-                outdir=outdir, observe=observe)
+                outdir=outdir, observe=bool(observe))
     watcher = None
     if observe:
         conn, child = mp.get_context("spawn").Pipe()
         watcher = (mp.get_context("spawn").Process(
             target=_watcher_main, args=(child, sink.observation.url,
-                                        sink.observation.publisher.endpoint), daemon=True), conn)
+                                        sink.observation.publisher.endpoint, observe),
+            daemon=True), conn)
         watcher[0].start()
         conn.poll(60)
         conn.recv()
@@ -458,13 +461,14 @@ def run_one(source: Source, model: str, bits: int, mode: str, rate: str, nframes
         got = watcher[1].recv() if watcher[1].poll(30) else {}
         watcher[0].join(10)
         publisher = sink.observation.publisher
-        seen = (f"+view+sub: page {got.get('pictures', '?')} pictures, subscriber "
+        seen = (f"page {got.get('pictures', '?')} pictures, subscriber ({observe}) "
                 f"{got.get('images', '?')} images, pub dropped {publisher.dropped}")
     sink.close()
     span = max(1e-9, sink.t_last - (sink.t_first or sink.t_last))
     fps = (sink.processed - 1) / span if sink.processed > 1 else 0.0
     lost = nframes - sink.processed
-    row = {"model": model, "bits": bits, "mode": mode + (" +view+sub" if observe else ""),
+    label = {"": "", "decoded": " +view+sub", "image": " +view+sub(all)"}[observe]
+    row = {"model": model, "bits": bits, "mode": mode + label,
            "rate": rate, "frames": nframes,
            "processed": sink.processed, "fps": fps,
            "mbps": (sink.bytes_decoded / span / 1e6) if mode not in ("null", "hdf5-raw") else
@@ -610,8 +614,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--roi-frames", type=int, default=ROI_REAL_FRAMES,
                    help="frames of the real-rate roi runs on 1M/4M (target: 20000)")
     p.add_argument("--no-control", action="store_true", help="skip the control-path test")
-    p.add_argument("--observe", action="store_true", help="repeat every run with the live "
-                   "view open and a PUB subscriber attached (rows marked +view+sub)")
+    p.add_argument("--observe", nargs="?", const="decoded", default="",
+                   choices=("decoded", "image"), help="repeat every run with the live view "
+                   "open and a PUB subscriber to the decoded images (or to every image)")
     p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     p.add_argument("--scratch", default=None,
                    help="directory on disk for HDF5 files (default: a temporary one)")
@@ -643,8 +648,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 try:
                     for rate in rates:
                         for mode, observe in [(m, o) for m in modes
-                                              for o in ((False, True) if args.observe
-                                                        else (False,))]:
+                                              for o in (("", args.observe) if args.observe
+                                                        else ("",))]:
                             if rate == "max":
                                 n = args.frames or FAST_FRAMES[model]
                             elif mode == "roi" and model in ("1M", "4M"):

@@ -14,16 +14,19 @@ Every message is multipart, its first part the topic:
 
 A slow subscriber never slows the server: sends never block; when a
 subscriber's queue (the high-water mark) is full the message is dropped for
-every subscriber and counted (``dropped``). formats.stream_v1/stream_v2 parse
-the image parts; :func:`eiger_server.listen` does all of it.
+every subscriber and counted (``dropped``). The socket is an XPUB, so it knows
+what is subscribed: a topic nobody subscribes to costs nothing (images are
+not even handed to ZeroMQ). formats.stream_v1/stream_v2 parse the image
+parts; :func:`eiger_server.listen` does all of it.
 """
 from __future__ import annotations
 
 import atexit
 import logging
 import threading
+import time
 import weakref
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Set
 
 import numpy as np
 import zmq
@@ -33,6 +36,7 @@ from eiger_server.observe.observer import to_json
 log = logging.getLogger(__name__)
 
 TOPIC_START, TOPIC_IMAGE, TOPIC_DECODED, TOPIC_END = b"start", b"image", b"decoded", b"end"
+_SUBSCRIPTIONS_EVERY = 0.05       # seconds between reads of (un)subscriptions
 
 
 class Publisher:
@@ -43,7 +47,7 @@ class Publisher:
                  context: Optional[zmq.Context] = None) -> None:
         self.address = address
         self._context = context or zmq.Context.instance()
-        sock = self._context.socket(zmq.PUB)
+        sock = self._context.socket(zmq.XPUB)
         sock.setsockopt(zmq.SNDHWM, max(1, int(hwm)))
         sock.setsockopt(zmq.LINGER, 0)
         # With NODROP a full subscriber queue makes a non-blocking send fail
@@ -63,6 +67,9 @@ class Publisher:
         self.decoded_sent = 0
         self._image_seq = 0                # receiver thread only
         self._header = b"{}"
+        self._subscriptions: Set[bytes] = set()
+        self._checked = 0.0
+        self._wanted = {TOPIC_IMAGE: False, TOPIC_DECODED: False}
         self.decoded_rate = float(decoded_rate or 0.0)
         self._offer: Optional[tuple] = None
         self._offer_event = threading.Event()
@@ -85,6 +92,9 @@ class Publisher:
         self._send([TOPIC_START, self._header])
 
     def send_frame(self, parts: Sequence[Any], series: int, frame: int, version: str) -> None:
+        if not self.wanted(TOPIC_IMAGE):
+            self._image_seq += 1
+            return
         envelope = b'{"series":%d,"frame":%d,"version":"%s","seq":%d}' % (
             series, frame, version.encode(), self._image_seq)
         self._image_seq += 1
@@ -108,7 +118,34 @@ class Publisher:
             if not self._sock.closed:
                 self._sock.close(0)
 
+    def wanted(self, topic: bytes) -> bool:
+        """True when some subscriber takes ``topic`` (subscriptions re-read
+        every 50 ms at most)."""
+        now = time.monotonic()
+        if now - self._checked >= _SUBSCRIPTIONS_EVERY:
+            self._checked = now
+            with self._lock:
+                self._read_subscriptions()
+        return self._wanted[topic]
+
     # -- internals -------------------------------------------------------------------
+    def _read_subscriptions(self) -> None:
+        """(under _lock) Take the XPUB's (un)subscription messages."""
+        changed = False
+        while True:
+            try:
+                message = self._sock.recv(zmq.NOBLOCK)
+            except zmq.ZMQError:          # zmq.Again: none left (or closed)
+                break
+            if message[:1] == b"\x01":
+                self._subscriptions.add(message[1:])
+            elif message[:1] == b"\x00":
+                self._subscriptions.discard(message[1:])
+            changed = True
+        if changed:
+            for topic in self._wanted:
+                self._wanted[topic] = any(topic.startswith(s) for s in self._subscriptions)
+            log.debug("publish: subscriptions %s", sorted(self._subscriptions))
     def _send(self, message: list) -> None:
         with self._lock:
             try:
@@ -129,6 +166,8 @@ class Publisher:
             if offer is None or self._stop.is_set():
                 continue
             image, meta = offer
+            if not self.wanted(TOPIC_DECODED):
+                continue
             array = np.ascontiguousarray(image)
             if array.dtype.byteorder == ">":
                 array = array.astype(array.dtype.newbyteorder("<"))
