@@ -26,14 +26,15 @@ How it measures
 * CPU % is this (sink) process's CPU time over the run's wall time (200 % =
   both cores); src CPU % the source process's. Peak MB is the sink's VmHWM
   (reset before each run through /proc/self/clear_refs).
-* ``--observe``: every run is repeated with the live view and the PUB socket
-  of ``eiger_server.observe`` attached to the sink (the observer hook on the
-  receiver and the decoders, ``--publish`` with decoded images at 5/s), while
-  another process polls the page as the browser does (/status 3 times a
-  second, /latest.png for each new image) and subscribes as a viewer does,
-  to the decoded images (``--observe``, rows ``+view+sub``) or to every
-  image as received (``--observe image``, rows ``+view+sub(all)``: a second
-  full-rate stream leaves this process, over the same 2 cores).
+* ``+view+sub`` rows (``--observe``, for the modes of ``--observe-modes``,
+  default sum and roi): the run again with ``eiger_server.observe`` attached
+  to the sink (the observer hook on the receiver and the decoders, the live
+  view's HTTP server, ``--publish`` with decoded images at 5/s) while another
+  process polls the page as the browser does (/status 3 times a second,
+  /latest.png for each new image) and subscribes as a viewer, to the decoded
+  images; ``--observe image`` subscribes to every image as received instead
+  (rows ``+view+sub(all)``: a second full-rate stream then leaves this
+  process, over the same 2 cores); ``--observe none`` leaves them out.
 * The control path: eiger_server as a separate process against a fake DCU
   streaming a 1M at its maximum rate; a client times ``get state`` round
   trips, and scan points (run → get_status 0 → get_roi).
@@ -614,9 +615,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--roi-frames", type=int, default=ROI_REAL_FRAMES,
                    help="frames of the real-rate roi runs on 1M/4M (target: 20000)")
     p.add_argument("--no-control", action="store_true", help="skip the control-path test")
-    p.add_argument("--observe", nargs="?", const="decoded", default="",
-                   choices=("decoded", "image"), help="repeat every run with the live view "
-                   "open and a PUB subscriber to the decoded images (or to every image)")
+    p.add_argument("--observe", nargs="?", const="decoded", default="decoded",
+                   choices=("decoded", "image", "none"), help="repeat the runs of "
+                   "--observe-modes with the live view open and a PUB subscriber to the "
+                   "decoded images (default), to every image, or not (none)")
+    p.add_argument("--observe-modes", default="sum,roi",
+                   help="modes repeated with --observe (default sum,roi)")
     p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     p.add_argument("--scratch", default=None,
                    help="directory on disk for HDF5 files (default: a temporary one)")
@@ -647,9 +651,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 limit = None
                 try:
                     for rate in rates:
-                        for mode, observe in [(m, o) for m in modes
-                                              for o in (("", args.observe) if args.observe
-                                                        else ("",))]:
+                        for mode, observe in [(m, o) for m in modes for o in (
+                                ("", args.observe) if args.observe != "none"
+                                and m in args.observe_modes.split(",") else ("",))]:
                             if rate == "max":
                                 n = args.frames or FAST_FRAMES[model]
                             elif mode == "roi" and model in ("1M", "4M"):
