@@ -2,7 +2,6 @@
 gives rates while a series streams and a summary after it."""
 from __future__ import annotations
 
-import logging
 import time
 from types import SimpleNamespace
 

@@ -71,12 +71,13 @@ class SeriesStats:
     base: Dict[str, int] = field(default_factory=dict)   # stream counters at the start
     dropped: Dict[str, int] = field(default_factory=dict)
     ignored: Dict[str, int] = field(default_factory=dict)
+    logged: Tuple[int, int] = (0, 0)        # (received, nbytes) at the last rate line
 
     def summary(self) -> Dict[str, Any]:
         span = (self.last - self.first) if self.first is not None and self.last else 0.0
         duration = ((self.last or self.started) - self.started)
         out = asdict(self)
-        for key in ("started", "first", "last", "ended", "base"):
+        for key in ("started", "first", "last", "ended", "base", "logged"):
             out.pop(key)
         out.update(duration=round(duration, 3),
                    fps=round((self.received - 1) / span, 1) if span > 0 else 0.0,
@@ -114,6 +115,8 @@ class Observer:
         self.summaries: Deque[Dict[str, Any]] = collections.deque(maxlen=20)
         self.fps = 0.0
         self.mbps = 0.0
+        self._settle_key: Any = None          # the counts the reporter saw last
+        self._settle_since = 0.0
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -169,7 +172,8 @@ class Observer:
             self.saved += nimages
             self.files += count
             self.file_bytes += size
-            stats = self._series_of_file(paths)
+            # saved in arrival order: the oldest series not yet summed up
+            stats = self._ending[0] if self._ending else self.current
             if stats is not None:
                 stats.saved += nimages
                 stats.files += count
@@ -238,12 +242,6 @@ class Observer:
         self.current = stats
         return stats
 
-    def _series_of_file(self, paths: Sequence[str]) -> Optional[SeriesStats]:
-        """(under _lock) Files are saved in arrival order: the oldest unfinished series."""
-        for stats in self._ending:
-            return stats
-        return self.current
-
     def _report(self) -> None:
         last_t, last_n, last_b = time.monotonic(), self.received, self.nbytes
         last_log = last_t
@@ -265,8 +263,7 @@ class Observer:
     def _log_rates(self, stats: SeriesStats, window: float) -> None:
         counters = self.counters()
         received, nbytes = stats.received, stats.nbytes
-        prev = getattr(stats, "_logged", (0, 0))
-        stats._logged = (received, nbytes)      # type: ignore[attr-defined]
+        prev, stats.logged = stats.logged, (received, nbytes)
         fps = (received - prev[0]) / window
         mbps = (nbytes - prev[1]) / window / 1e6
         depth = counters.get("queue_depth") or 0
@@ -283,7 +280,7 @@ class Observer:
             return
         counters = self.counters()
         key = (self.decoded, self.saved, tuple(sorted(counters.items())))
-        if key != getattr(self, "_settle_key", None):
+        if key != self._settle_key:
             self._settle_key, self._settle_since = key, now
         quiet = (counters.get("queue", 0) == 0 and counters.get("save_queue", 0) == 0
                  and now - self._settle_since >= _SETTLE)
