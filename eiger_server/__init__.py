@@ -2,9 +2,7 @@
 
 __version__ = "1.0.0"
 
+# A receiver for the server's --publish socket: ``for item in listen(address): ...``
+from eiger_server.observe.listen import Item, listen  # noqa: E402
 
-def listen(address, timeout=None, **kwargs):
-    """Iterate over the images eiger_server publishes (``--publish``); see
-    eiger_server.observe.listen."""
-    from eiger_server.observe.listen import listen as _listen
-    return _listen(address, timeout, **kwargs)
+__all__ = ["__version__", "listen", "Item"]
