@@ -144,7 +144,7 @@ class Observer:
             self.publisher.send_frame(parts, series, frame, version)
 
     def on_image(self, image: Any, meta: Mapping[str, Any]) -> None:
-        n = int(meta.get("nframes", 1) or 1) if meta.get("accumulated") else 1
+        n = max(1, _number(meta.get("nframes"), 1)) if meta.get("accumulated") else 1
         with self._lock:
             self.decoded += n
             stats = self._by_series.get(meta.get("series", -1))
@@ -153,7 +153,7 @@ class Observer:
             latest = self.latest
             # two workers may finish out of order: keep the newest frame
             if latest is None or latest[2].get("series") != meta.get("series") or \
-                    int(latest[2].get("frame", -1)) <= int(meta.get("frame", -1)):
+                    _number(latest[2].get("frame")) <= _number(meta.get("frame")):
                 self._image_id += 1
                 self.latest = (self._image_id, image, meta)
         if self.publisher is not None:
@@ -316,6 +316,14 @@ class Observer:
                  stats.series, stats.received, stats.decoded, stats.saved,
                  summary["dropped_total"], dropped, summary["duration"], summary["fps"],
                  summary["mbps"], stats.files, _size(stats.file_bytes))
+
+
+def _number(value: Any, default: int = -1) -> int:
+    """An int from metadata, ``default`` when there is none (hooks never raise)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
 
 
 def _with_data_files(paths: Sequence[str]) -> List[str]:
