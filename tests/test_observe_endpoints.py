@@ -186,3 +186,19 @@ def test_lost_frame_in_status_metrics_and_summary(observed, fake_dcu, caplog):
     assert f"series {series} summary: received 3, decoded 3, saved 3, dropped 1 " \
            "(lost 1, unreadable 0, unsaved 0)" in line
     assert "3 files written" in line
+
+
+def test_hdf5raw_files_and_sizes_in_the_summary(observed, fake_dcu):
+    ctrl, observation, base = observed
+    setup_stream(ctrl, fake_dcu, "V2", 16, "bslz4", nimages=5, prefix="raw_$id")
+    ctrl.set("stream_save_mode", ["HDF5RAW"])
+    ctrl.set("trigger")
+    count(ctrl)
+    assert ctrl.stream.wait_saved(10)
+    summary = wait_for(lambda: requests.get(f"{base}/status", timeout=5).json()["last_series"],
+                       10, what="the series summary")
+    files = glob.glob(os.path.join(ctrl.get("data_directory"), "raw_*.h5"))
+    assert any(f.endswith("_master.h5") for f in files) and len(files) >= 2
+    assert summary["received"] == 5 and summary["saved"] == 5
+    assert summary["files"] == len(files)
+    assert summary["file_bytes"] == sum(os.path.getsize(f) for f in files)
