@@ -8,4 +8,5 @@
 * :mod:`png`     the live view's image (log scale, colour map, downscaled)
 * :mod:`http`    the read-only HTTP server (``--http-port``)
 * :mod:`listen`  ``eiger_server.listen(address)``: a receiver for the PUB socket
+* :mod:`service` all of it put together for one server (``Observation``)
 """
