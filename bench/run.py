@@ -26,6 +26,15 @@ How it measures
 * CPU % is this (sink) process's CPU time over the run's wall time (200 % =
   both cores); src CPU % the source process's. Peak MB is the sink's VmHWM
   (reset before each run through /proc/self/clear_refs).
+* ``+view+sub`` rows (``--observe``, for the modes of ``--observe-modes``,
+  default sum and roi): the run again with ``eiger_server.observe`` attached
+  to the sink (the observer hook on the receiver and the decoders, the live
+  view's HTTP server, ``--publish`` with decoded images at 5/s) while another
+  process polls the page as the browser does (/status 3 times a second,
+  /latest.png for each new image) and subscribes as a viewer, to the decoded
+  images; ``--observe image`` subscribes to every image as received instead
+  (rows ``+view+sub(all)``: a second full-rate stream then leaves this
+  process, over the same 2 cores); ``--observe none`` leaves them out.
 * The control path: eiger_server as a separate process against a fake DCU
   streaming a 1M at its maximum rate; a client times ``get state`` round
   trips, and scan points (run → get_status 0 → get_roi).
@@ -193,7 +202,7 @@ class Sink:
     """eiger_server's receiver + bounded queue + worker threads doing one mode."""
 
     def __init__(self, endpoint: str, version: str, mode: str, *, depth: int, lossless: bool,
-                 outdir: str, workers: int = CORES) -> None:
+                 outdir: str, workers: int = CORES, observe: bool = False) -> None:
         from eiger_server.storage.hdf5raw import Hdf5RawWriter
         from eiger_server.stream.receiver import StreamReceiver
         from eiger_server.storage.tiff import TiffSaver
@@ -220,11 +229,31 @@ class Sink:
                 thread = threading.Thread(target=self._work, daemon=True, name=f"bench-{n}")
                 thread.start()
                 self.threads.append(thread)
-        self.receiver = StreamReceiver(endpoint, version, self._on_event, rcvhwm=depth)
+        self.observation = self._observe(outdir, depth) if observe else None
+        observer = self.observation.observer if self.observation else None
+        self.on_image = observer.on_image if observer else None
+        self.receiver = StreamReceiver(endpoint, version, self._on_event, rcvhwm=depth,
+                                       **({"observer": observer} if observer else {}))
         self.receiver.start()
+
+    def _observe(self, outdir: str, depth: int) -> Any:
+        """eiger_server.observe as the server builds it, around this sink."""
+        from types import SimpleNamespace
+        from eiger_server.observe.service import Observation
+        counters = lambda: {"queue": self.queue.qsize(), "queue_depth": depth}  # noqa: E731
+        ctrl = SimpleNamespace(
+            stream=SimpleNamespace(counters=counters, get_images_collected=lambda: 0,
+                                   latest_file=""),
+            simplon=SimpleNamespace(host=""), settings=SimpleNamespace(data_directory=outdir),
+            acq=SimpleNamespace(counting=lambda: False))
+        return Observation(ctrl, SimpleNamespace(
+            http_port=0, bind="127.0.0.1", publish=f"tcp://127.0.0.1:{_free_port()}",
+            publish_decoded=5.0, queue_depth=depth))
 
     def close(self) -> None:
         self.receiver.stop()
+        if self.observation is not None:
+            self.observation.close()
         for _ in self.threads:
             self.queue.put(None)
         for thread in self.threads:
@@ -302,6 +331,8 @@ class Sink:
             else:
                 image = enc.decode()
                 nbytes = image.nbytes
+                if self.on_image is not None:
+                    self.on_image(image, {"series": event.series, "frame": event.frame})
                 imageproc.masked_stats(image)
                 if self.mode == "tiff":
                     save_tiff(os.path.join(self.outdir, f"frame_{event.frame % 32:02d}.tif"),
@@ -363,13 +394,60 @@ def verify_hdf5(outdir: str, model: str, bits: int, count: int = 24) -> str:
 
 
 # ========================================================================== one run
+def _watcher_main(conn: Any, url: str, address: str, topic: str) -> None:
+    """Child process: the live page as a browser polls it, and a PUB subscriber."""
+    import json
+    import urllib.request
+    import zmq
+    stop = threading.Event()
+    got = {"pictures": 0, "images": 0}
+
+    def page() -> None:
+        shown = None
+        while not stop.wait(0.3):
+            try:
+                with urllib.request.urlopen(url + "status", timeout=5) as answer:
+                    image = json.loads(answer.read()).get("image")
+                if image and image["id"] != shown:
+                    with urllib.request.urlopen(url + "latest.png", timeout=5) as answer:
+                        answer.read()
+                    shown = image["id"]
+                    got["pictures"] += 1
+            except OSError:
+                pass
+    thread = threading.Thread(target=page, daemon=True)
+    thread.start()
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+    sub.connect(address)
+    conn.send("ready")
+    while not conn.poll(0):
+        if sub.poll(100):
+            sub.recv_multipart(copy=False)
+            got["images"] += 1
+    stop.set()
+    thread.join(5)
+    sub.close(0)
+    conn.send(got)
+
+
 def run_one(source: Source, model: str, bits: int, mode: str, rate: str, nframes: int,
-            depth: int, scratch: str) -> Dict[str, Any]:
+            depth: int, scratch: str, observe: str = "") -> Dict[str, Any]:
     width, height, max_rate = MODELS[model]
     lossless = rate == "max"
     outdir = tempfile.mkdtemp(prefix=f"{mode}-", dir=scratch if mode != "tiff" else "/dev/shm")
     sink = Sink(source.endpoint, source.version, mode, depth=depth, lossless=lossless,
-                outdir=outdir)
+                outdir=outdir, observe=bool(observe))
+    watcher = None
+    if observe:
+        conn, child = mp.get_context("spawn").Pipe()
+        watcher = (mp.get_context("spawn").Process(
+            target=_watcher_main, args=(child, sink.observation.url,
+                                        sink.observation.publisher.endpoint, observe),
+            daemon=True), conn)
+        watcher[0].start()
+        conn.poll(60)
+        conn.recv()
     time.sleep(0.3)                                   # let zmq connect
     _peak_reset()
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -377,18 +455,29 @@ def run_one(source: Source, model: str, bits: int, mode: str, rate: str, nframes
     src = source.result()
     sink.wait(nframes, timeout=120)
     cpu1, wall1 = time.process_time(), time.perf_counter()
+    seen = ""
+    if watcher is not None:
+        time.sleep(0.5)                               # the subscriber drains
+        watcher[1].send("stop")
+        got = watcher[1].recv() if watcher[1].poll(30) else {}
+        watcher[0].join(10)
+        publisher = sink.observation.publisher
+        seen = (f"page {got.get('pictures', '?')} pictures, subscriber ({observe}) "
+                f"{got.get('images', '?')} images, pub dropped {publisher.dropped}")
     sink.close()
     span = max(1e-9, sink.t_last - (sink.t_first or sink.t_last))
     fps = (sink.processed - 1) / span if sink.processed > 1 else 0.0
     lost = nframes - sink.processed
-    row = {"model": model, "bits": bits, "mode": mode, "rate": rate, "frames": nframes,
+    label = {"": "", "decoded": " +view+sub", "image": " +view+sub(all)"}[observe]
+    row = {"model": model, "bits": bits, "mode": mode + label,
+           "rate": rate, "frames": nframes,
            "processed": sink.processed, "fps": fps,
            "mbps": (sink.bytes_decoded / span / 1e6) if mode not in ("null", "hdf5-raw") else
            (sink.processed * width * height * bits / 8 / span / 1e6),
            "dropped": lost, "src_dropped": src["dropped"], "failed": sink.failed,
            "cpu": 100.0 * (cpu1 - cpu0) / (wall1 - wall0),
            "src_cpu": 100.0 * src["cpu"] / max(1e-9, src["wall"]),
-           "peak_mb": _peak_mb(), "samples": sink.samples, "check": ""}
+           "peak_mb": _peak_mb(), "samples": sink.samples, "check": seen}
     if mode == "hdf5-raw":
         row["check"] = verify_hdf5(outdir, model, bits)
         row["disk_mbps"] = sum(f.stat().st_size for f in Path(outdir).glob("*.h5")) / span / 1e6
@@ -526,6 +615,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--roi-frames", type=int, default=ROI_REAL_FRAMES,
                    help="frames of the real-rate roi runs on 1M/4M (target: 20000)")
     p.add_argument("--no-control", action="store_true", help="skip the control-path test")
+    p.add_argument("--observe", nargs="?", const="decoded", default="decoded",
+                   choices=("decoded", "image", "none"), help="repeat the runs of "
+                   "--observe-modes with the live view open and a PUB subscriber to the "
+                   "decoded images (default), to every image, or not (none)")
+    p.add_argument("--observe-modes", default="sum,roi",
+                   help="modes repeated with --observe (default sum,roi)")
     p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     p.add_argument("--scratch", default=None,
                    help="directory on disk for HDF5 files (default: a temporary one)")
@@ -556,14 +651,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                 limit = None
                 try:
                     for rate in rates:
-                        for mode in modes:
+                        for mode, observe in [(m, o) for m in modes for o in (
+                                ("", args.observe) if args.observe != "none"
+                                and m in args.observe_modes.split(",") else ("",))]:
                             if rate == "max":
                                 n = args.frames or FAST_FRAMES[model]
                             elif mode == "roi" and model in ("1M", "4M"):
                                 n = args.roi_frames
                             else:
                                 n = int(REAL_SECONDS * max_rate)
-                            row = run_one(source, model, bits, mode, rate, n, args.depth, scratch)
+                            row = run_one(source, model, bits, mode, rate, n, args.depth,
+                                          scratch, observe)
                             if limit is None:
                                 limit = decode_limit(row["samples"]) * CORES
                             row.pop("samples")      # 16 frames each: do not keep them

@@ -96,9 +96,13 @@ def serve(opts: ServerOptions, reporter: StartupReporter) -> int:
 
             ctrl = EigerController(opts)
             closers.append(("controller", ctrl.close))
+            from eiger_server.observe.service import Observation
+
+            observation = Observation(ctrl, opts)
+            closers.append(("live view and publisher", observation.close))
             handler = CommandHandler(ctrl)
             closers.append(("command handler", handler.close))
-            server = HardwareServer(handler, opts.port, opts.bind)
+            server = HardwareServer(observation.wrap(handler), opts.port, opts.bind)
         except Exception as exc:
             message = f"start-up failed: {exc}"
             log.error("%s", message, exc_info=not isinstance(exc, OSError))

@@ -3,7 +3,9 @@
 Starts ``eiger_server --fake-dcu`` as a separate process, then drives it over
 the wire protocol only: configure, count three points with the stream saving
 TIFF files, take a 5-image WRITER series and transfer its HDF5 files, and
-show what was saved.
+show what was saved. The server's live view (``--http-port``) runs
+meanwhile: the demo prints its address and saves its picture of the last
+image (latest.png) beside the files.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from eiger_server.wire.client import WireClient
@@ -43,16 +46,19 @@ def main(argv=None) -> int:
     parser.add_argument("--dir", default="demo-data", help="where the demo saves files")
     parser.add_argument("--api", default="1.8.0", choices=["1.6.0", "1.8.0"])
     parser.add_argument("--model", default="500K")
+    parser.add_argument("--linger", type=float, default=0.0, metavar="SECONDS",
+                        help="keep the server and its live page up this long at the end")
     args = parser.parse_args(argv)
 
     out = Path(args.dir).resolve() / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port, http_port = _free_port(), _free_port()
     log = out / "eiger_server.log"
     cmd = [sys.executable, "-m", "eiger_server", "--fake-dcu", "--fake-api", args.api,
            "--fake-model", args.model, "-p", str(port), "-L", str(out / "server.lock"),
-           "-l", str(log), "-v", "3"]
+           "-l", str(log), "-v", "3", "--http-port", str(http_port), "--bind", "127.0.0.1"]
     print("starting:", " ".join(cmd[2:]))
+    live = f"http://127.0.0.1:{http_port}/"
     server = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
     try:
         def up() -> bool:
@@ -64,8 +70,13 @@ def main(argv=None) -> int:
             except OSError:
                 return False
         _wait(up, 30, "eiger_server to listen")
+        print(f"live view: {live}  (status {live}status, metrics {live}metrics)")
         client = WireClient("127.0.0.1", port, timeout=30)
         run_session(client, out)
+        _save_picture(live + "latest.png", out / "latest.png")
+        if args.linger > 0:
+            print(f"\nthe live view stays at {live} for {args.linger:g} s")
+            time.sleep(args.linger)
         client.command("exit")
         server.wait(10)
     finally:
@@ -77,6 +88,14 @@ def main(argv=None) -> int:
         if path.is_file():
             print(f"  {path.relative_to(out)}  ({path.stat().st_size} bytes)")
     return 0
+
+
+def _save_picture(url: str, path: Path) -> None:
+    """The live view's picture of the last image, as the browser gets it."""
+    _say(f"the live view's picture of the last image: {path.name}")
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        path.write_bytes(answer.read())
+    print(f"  {url} -> {path}")
 
 
 def run_session(client: "WireClient", out: Path) -> None:

@@ -53,6 +53,9 @@ class ServerOptions:
     stream2_port: int = 31001
     queue_depth: int = 64
     stream_workers: int = 2
+    http_port: Optional[int] = None
+    publish: Optional[str] = None
+    publish_decoded: float = 0.0
 
     @property
     def lock_path(self) -> str:
@@ -132,6 +135,24 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of images per second"
+                                         ) from None
+    if not 0 < value <= 1000:
+        raise argparse.ArgumentTypeError(f"{value:g} images/s is outside (0, 1000]")
+    return value
+
+
+def _publish_address(text: str) -> str:
+    if not text.startswith("tcp://") or ":" not in text[len("tcp://"):]:
+        raise argparse.ArgumentTypeError(f"{text!r} is not tcp://HOST:PORT "
+                                         "(for example tcp://*:9100)")
+    return text
+
+
 _DEFAULTS = ServerOptions()
 
 
@@ -184,6 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="log detail: 1 basic, 2 + client messages, 3 + acquisition progress, "
                           f"4 + debugging (default {d.verbosity})")
     srv.add_argument("--version", action="version", version=f"{PROGRAM} {__version__}")
+
+    obs = p.add_argument_group("watching the stream from other programs")
+    obs.add_argument("--http-port", dest="http_port", type=_port, default=d.http_port, metavar="PORT",
+                     help="serve a read-only live view (/), /status, /metrics, /latest.png "
+                          "and /latest.tiff on PORT, bound like --bind (default: off)")
+    obs.add_argument("--publish", dest="publish", type=_publish_address, default=d.publish,
+                     metavar="tcp://HOST:PORT", help="re-publish every image as received on "
+                     "a ZeroMQ PUB socket bound there (default: off)")
+    obs.add_argument("--publish-decoded", dest="publish_decoded", type=_rate, default=d.publish_decoded,
+                     metavar="HZ", help="with --publish, also publish the latest decoded "
+                     "image at most HZ times a second (default: off)")
 
     img = p.add_argument_group("image orientation (applied to images read through the stream)")
     img.add_argument("-r", "--rotate", "--rotate90", dest="rotation", action="store_const",

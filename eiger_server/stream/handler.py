@@ -47,6 +47,7 @@ from eiger_server.values import flag_arg, one_arg, parse_number
 from eiger_server.stream.imageproc import ImageResult
 from eiger_server.stream.receiver import StreamReceiver
 from eiger_server.formats.stream_events import ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent
+from eiger_server.observe.hooks import NO_OBSERVER, StreamObserver
 from eiger_server.storage.tiff import TiffSaver, channel_path, save_tiff, tiff_name, with_suffix
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,8 @@ class StreamHandler:
         self.decode_failures = 0
         self.unsaved = 0
         self._errors: Deque[str] = collections.deque(maxlen=5)
+        # set before the first receiver starts (eiger_server.observe)
+        self.observer: StreamObserver = NO_OBSERVER
 
     # =====================================================================
     # API for the rest of the server
@@ -330,6 +333,17 @@ class StreamHandler:
     def raw_writer(self) -> Hdf5RawWriter:
         """The HDF5RAW writer (used on the saver thread only)."""
         return self._raw_writer
+    def counters(self) -> Dict[str, int]:
+        """The data path's own counts and buffer fill, read without locking
+        (for eiger_server.observe; no DCU request)."""
+        receiver, saver = self._receiver, self._saver
+        return {"lost": self._receiver_lost(), "unreadable": self.decode_failures,
+                "unsaved": self.unsaved,
+                "duplicates": receiver.duplicates if receiver is not None else 0,
+                "stale": receiver.stale if receiver is not None else 0,
+                "queue": self._queue.qsize(), "queue_depth": self.queue_depth,
+                "save_queue": saver.pending() if saver is not None else 0,
+                "images_collected": self._collected}
 
     # =====================================================================
     # image_par rows (bound in control/table.py)
@@ -548,7 +562,8 @@ class StreamHandler:
                     and current.endpoint == endpoint):
                 return
             self._start_pipeline()
-            receiver = StreamReceiver(endpoint, version, self._on_event, rcvhwm=self.rcvhwm)
+            receiver = StreamReceiver(endpoint, version, self._on_event, rcvhwm=self.rcvhwm,
+                                      observer=self.observer)
             self._receiver = receiver
         # The old receiver's thread may be waiting for _lock: stop it outside.
         if current is not None:
@@ -729,6 +744,7 @@ class StreamHandler:
         result = ImageResult(data=first, raw=first, channels=arrays, series=event.series,
                              frame=event.frame, nframes=1, metadata=job.meta)
         job.result = result
+        self.observer.on_image(first, job.meta)
         with self._cond:
             if job.gen == self._gen:
                 self._collected += 1
@@ -753,6 +769,7 @@ class StreamHandler:
                              series=int(meta.get("series", 0)),
                              frame=int(accumulator.last_frame or 0),
                              nframes=accumulator.added, metadata=meta)
+        self.observer.on_image(first, meta)
         with self._cond:
             if gen != self._gen or self._accumulator is not accumulator:
                 return
@@ -868,6 +885,7 @@ class StreamHandler:
         finally:
             if writer.written_master:
                 self.latest_file = writer.written_master
+                self.observer.on_saved([writer.written_master], writer.frames_written)
 
     def _saver_error(self, exc: Exception) -> None:
         """Report a saving error that is not raised to the saver."""
@@ -887,18 +905,18 @@ class StreamHandler:
             return                          # decode failed: already counted and logged
         channels = result.channels
         multi = len(channels) > 1
-        first_path = ""
+        written: List[str] = []
         try:
             for channel, array in channels.items():
                 path = tiff_name(directory, prefix, result.series, index,
                                  channel if multi else None)
                 meta = dict(result.metadata, channel=channel)
-                written = save_tiff(path, array, meta, overwrite=overwrite)
-                first_path = first_path or written
+                written.append(save_tiff(path, array, meta, overwrite=overwrite))
         except Exception:
             self.unsaved += 1               # lost for good (disk full, ...): counts as dropped
             raise
-        self.latest_file = first_path
+        self.latest_file = written[0] if written else ""
+        self.observer.on_saved(written, 1)
 
     # -- names and metadata ------------------------------------------------------
     def _prefix_for(self, series: Optional[int]) -> str:

@@ -30,6 +30,7 @@ import zmq
 from eiger_server.formats import stream_v1
 from eiger_server.formats import stream_v2
 from eiger_server.formats.stream_events import Event, ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent
+from eiger_server.observe.hooks import NO_OBSERVER, StreamObserver, notify
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +42,21 @@ class StreamReceiver:
 
     ``on_event(event)`` is called on the receiver thread for every header,
     accepted image, series end and error. It may block briefly (that is how
-    back-pressure reaches the DCU) but must not raise.
+    back-pressure reaches the DCU) but must not raise. ``observer`` hears of
+    every accepted header, image (with its raw message parts) and end.
     """
 
     def __init__(self, endpoint: str, version: str, on_event: Callable[[Event], Any], *,
                  rcvhwm: int = 64, poll_ms: int = 100,
-                 context: Optional[zmq.Context] = None) -> None:
+                 context: Optional[zmq.Context] = None,
+                 observer: StreamObserver = NO_OBSERVER) -> None:
         version = str(version).upper()
         if version not in ("V1", "V2"):
             raise ValueError(f"stream version {version!r} is not V1 or V2")
         self.endpoint = endpoint
         self.version = version
         self.on_event = on_event
+        self.observer = observer
         self.rcvhwm = int(rcvhwm)
         self.poll_ms = int(poll_ms)
         self._parse = stream_v1.parse if version == "V1" else stream_v2.parse
@@ -140,6 +144,7 @@ class StreamReceiver:
                     event = self._parse(parts)
                     if self._track(event):
                         self.on_event(event)
+                        notify(self.observer, parts, event, self.version)
                 except Exception as exc:          # nothing may kill the receiver
                     log.exception("stream %s: handling a message failed", self.version)
                     self._error(f"handling a message failed: {exc}")
