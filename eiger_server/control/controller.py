@@ -369,7 +369,8 @@ class EigerController:
                                               if len(clashes) > 5 else "")
             raise DataError(
                 f"arm refused: the DCU still holds {shown}, which the new series would "
-                f"overwrite (name_pattern '{pattern}' names {which} '{prefix}'"
+                f"overwrite (name_pattern '{pattern}' names the files of {which} "
+                f"{prefix}_*"
                 + ("; the series id restarts at 1 after initialize" if "$id" in pattern
                    else "") + f"). Transfer them ('transfer {prefix}_*') or delete them "
                 f"('delete {prefix}_*'), or set another prefix, then count again")
