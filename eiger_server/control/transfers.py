@@ -252,14 +252,12 @@ class FileTransfers:
         Finished: the filewriter is not in ``acquire`` and two looks SETTLE
         seconds apart find the same names with the same sizes.
         """
-        check_pattern(pattern)                   # refused before the DCU is asked
-        if not any(ch in pattern for ch in "*?["):
-            check_name(pattern)
         deadline = time.monotonic() + self.wait_limit
         before: Optional[Dict[str, Optional[int]]] = None
         while True:
             self._check_stop(f"{what} stopped while waiting for the filewriter")
-            names, _ = self._match(pattern)     # refuses unsafe names the DCU lists
+            # _match refuses a bad pattern before the DCU is asked, and unsafe names it lists.
+            names, _ = self._match(pattern)
             state = self._writer_state()
             if not names and state != "acquire":
                 return self._select(pattern, what), {}      # the error: nothing matches
@@ -278,12 +276,15 @@ class FileTransfers:
         why = []
         if state == "acquire":
             why.append("the filewriter is still in state 'acquire'")
-        for name, size in sizes.items():
-            old = (before or {}).get(name)
-            if before is not None and old != size:
-                why.append(f"'{name}' " + (f"grew from {old} to {size} bytes" if old is not None
-                                           and size is not None else "appeared or vanished"))
         if before is not None:
+            for name, size in sizes.items():
+                old = before.get(name)
+                if name not in before:
+                    why.append(f"'{name}' appeared")
+                elif size is None:
+                    why.append(f"'{name}' gives no size")
+                elif old != size:
+                    why.append(f"'{name}' grew from {old} to {size} bytes")
             why += [f"'{name}' vanished" for name in before if name not in sizes]
         return (f"{what}: the files are not finished after {self.wait_limit:g} s ("
                 + ("; ".join(why[:4]) or "they are still changing")
