@@ -11,7 +11,7 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from eiger_server.control.bindings import component
 from eiger_server.control.interfaces import CountingStream, DetectorConfig
@@ -37,8 +37,10 @@ class Acquisition:
     """
 
     def __init__(self, detector: DetectorConfig, simplon: SimplonClient,
-                 stream: CountingStream) -> None:
+                 stream: CountingStream,
+                 before_arm: Callable[[], None] = lambda: None) -> None:
         self.detector = detector
+        self.before_arm = before_arm      # checks before each arm (the controller's)
         self.simplon = simplon
         self.stream = stream
         self._lock = threading.RLock()
@@ -111,6 +113,7 @@ class Acquisition:
             return self._arm()
 
     def _arm(self) -> Any:
+        self.before_arm()
         if self.armed:
             self._disarm_quietly()
         self.stream.prepare_series()

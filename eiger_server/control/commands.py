@@ -87,11 +87,9 @@ class CommandHandler:
             # Started without -a: take the detector address from spec's ADDR field.
             self.ctrl.simplon.host = check_host(args[0])
         # A DCU fresh from boot is in state "na" and refuses to arm until it
-        # is initialized; do it now, while spec is configuring anyway.
-        if self.ctrl.simplon.get_value("detector", "status", "state") == "na":
-            log.info("detector state is 'na': initializing it")
-            self.ctrl.simplon.command("detector", "initialize")
-            self.ctrl.forget_detector()
+        # is initialized; do it now, while spec is configuring anyway, and
+        # give it back the settings spec had set (it is at its defaults).
+        self.ctrl.recover_dcu()
         # Detection happens here (the version is not cached until it succeeds),
         # so an absent DCU errors clearly now and is found when it appears.
         self.ctrl.cache.drop("detector", ["x_pixels_in_detector", "y_pixels_in_detector",

@@ -11,10 +11,19 @@ only when they change; local rows call the methods their binding names
 
 Components get narrow interfaces (interfaces.py), wired here; ``self.config``
 (config.py), the cached SIMPLON configuration, is their DetectorConfig.
+
+Settings survive the DCU: every SIMPLON value spec sets is remembered, in
+the order it was set, and programmed again (in that order, so values that
+follow from others come out as before) when the DCU is found back at its
+defaults: state ``na`` before an arm or at ``config``, and after ``restart``,
+``reboot`` or ``initialize`` sent through image_par. Before each arm with the
+filewriter on, the files the new series would write are looked for on the
+DCU: a series never overwrites files that are still there.
 """
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from eiger_server.app.options import ServerOptions
@@ -26,9 +35,11 @@ from eiger_server.control.monitor_images import MonitorImages
 from eiger_server.control.pixel_masks import PixelMasks
 from eiger_server.control.settings import ServerInfo, Settings
 from eiger_server.control.transfers import FileTransfers
-from eiger_server.errors import DetectorError, NotSupported, ParameterError, UnknownParameter
+from eiger_server.errors import (DataError, DetectorError, NotSupported, ParameterError,
+                                 UnknownParameter)
 from eiger_server.control.table import Param
 from eiger_server.simplon.rest import SimplonClient
+from eiger_server.storage import paths
 from eiger_server.values import format_value, one_arg, parse_bool, parse_number
 from eiger_server.stream.handler import StreamHandler
 from eiger_server.wire.protocol import wire_type_for
@@ -47,15 +58,21 @@ class EigerController:
             timeout=options.http_timeout)
         self.shutdown_requested = False
         self.config = CachedConfig(self.simplon, on_changed=self.on_config_changed)
+        # What spec set, (subsystem, key) -> value in the order set (see the docstring).
+        self._memory_lock = threading.Lock()
+        self._remembered: Dict[Tuple[str, str], Any] = {}
+        self._restore_pending = False
+        self._sequence_restarted = False      # initialize: the next series is number 1
         # Components, each given what it needs and no more. Callables that
         # name a component late (lambda: self.acq...) are there because the
         # stream and the acquisition need each other.
-        self.settings = Settings(self.config.write_config)
+        self.settings = Settings(self._write_remembered)
         self.server = ServerInfo(lambda: self.simplon.version, self._request_shutdown)
         self.jobs = JobRunner()
         self.stream = StreamHandler(self.config, self.simplon, self.settings, options,
                                     acq_mode=lambda: self.acq.acq_mode)
-        self.acq = Acquisition(self.config, self.simplon, self.stream)
+        self.acq = Acquisition(self.config, self.simplon, self.stream,
+                               before_arm=self.before_arm)
         self.files = FileTransfers(self.config, self.simplon, self.settings,
                                    stopping=lambda: self.jobs.stopping)
         self.monitor = MonitorImages(self.simplon, self.settings,
@@ -161,6 +178,13 @@ class EigerController:
             answer = self.simplon.command(subsystem, command, value)
             if subsystem == "system" or command == "initialize":
                 self.forget_detector()
+            if subsystem == "system":
+                # The DCU comes back at its defaults, maybe not yet reachable:
+                # the next arm or config programs spec's settings again.
+                self._restore_pending = True
+            elif subsystem == "detector" and command == "initialize":
+                self._sequence_restarted = True
+                self.restore_settings("after initialize")
             return answer
         number = table.pattern_number(row, name)
         key = row.simplon_key(self.version, number)
@@ -200,7 +224,7 @@ class EigerController:
         subsystem, _ = row.simplon_place
         description = self.describe(subsystem, key, fresh=True)
         value = self.to_dcu(row, name, args, description)
-        self.write_config(subsystem, key, value)
+        self._write_remembered(subsystem, key, value)
         return self._read_simplon(row, key)
 
     def to_dcu(self, row: Param, name: str, args: List[str],
@@ -263,6 +287,93 @@ class EigerController:
         except DetectorError:
             pass                          # no DCU to ask: the name is unknown
         return None
+
+    # -- settings that survive the DCU, and no overwritten files ----------
+    def _write_remembered(self, subsystem: str, key: str, value: Any,
+                          force: bool = False) -> bool:
+        """Write a value spec set, and remember it (last set goes last)."""
+        sent = self.config.write_config(subsystem, key, value, force)
+        with self._memory_lock:
+            self._remembered.pop((subsystem, key), None)
+            self._remembered[(subsystem, key)] = value
+        return sent
+
+    def remembered(self) -> List[Tuple[str, str, Any]]:
+        """(subsystem, key, value) of what spec set, in the order set."""
+        with self._memory_lock:
+            return [(sub, key, value) for (sub, key), value in self._remembered.items()]
+
+    def restore_settings(self, why: str) -> List[str]:
+        """Program every remembered value again; the ``key=value`` texts sent.
+
+        Every value is sent (not only those that differ): in the order spec
+        set them, values that follow from others (threshold from photon
+        energy, frame_time from count_time) end as they were. A value the DCU
+        refuses is reported after all others were tried.
+        """
+        self.forget_detector()
+        done, refused = [], []
+        for subsystem, key, value in self.remembered():
+            try:
+                self.write_config(subsystem, key, value, force=True)
+                done.append(f"{key}={format_value(value)}")
+            except DetectorError as exc:
+                refused.append(f"{key}={format_value(value)} ({exc})")
+        self._restore_pending = False
+        if done:
+            log.warning("%s: programmed %d settings again: %s", why, len(done), ", ".join(done))
+        if refused:
+            raise DetectorError(f"{why}: the DCU refused settings spec had set: "
+                                + "; ".join(refused) + "; set them again (the DCU keeps "
+                                "its default for each)")
+        return done
+
+    def recover_dcu(self) -> None:
+        """A DCU found in state ``na`` (restarted, rebooted, powered on) is
+        initialized and given spec's settings again; so is one that was sent
+        ``restart`` or ``reboot``."""
+        if self.simplon.get_value("detector", "status", "state") == "na":
+            log.warning("the DCU is in state 'na' (it restarted): initializing it")
+            self.simplon.command("detector", "initialize")
+            self._sequence_restarted = True
+            self._restore_pending = True
+        if self._restore_pending:
+            self.restore_settings("the DCU was back at its defaults")
+
+    def before_arm(self) -> None:
+        """What every arm checks first: the DCU has spec's settings, and the
+        series will overwrite no file still on the DCU."""
+        self.recover_dcu()
+        self._check_no_overwrite()
+        self._sequence_restarted = False      # this arm takes series 1
+
+    def _check_no_overwrite(self) -> None:
+        if str(self.config_value("mode", "filewriter")).lower() != "enabled":
+            return
+        pattern = str(self.config_value("name_pattern", "filewriter"))
+        if "$id" in pattern:
+            if self._sequence_restarted:
+                series = 1
+            elif isinstance(self.acq.seqid, int):
+                series = self.acq.seqid + 1
+            else:
+                # Never armed here and no initialize seen: the DCU's counter runs
+                # on from series this server never saw, so no name repeats.
+                return
+            prefix, which = paths.expand_id(pattern, str(series)), f"series {series}"
+        else:
+            prefix, which = pattern, "every series"
+        clashes = self.files.clashes([prefix])
+        if clashes:
+            shown = ", ".join(clashes[:5]) + (f" and {len(clashes) - 5} more"
+                                              if len(clashes) > 5 else "")
+            raise DataError(
+                f"arm refused: the DCU still holds {shown}, which the new series would "
+                f"overwrite (name_pattern '{pattern}' names the files of {which} "
+                f"{prefix}_*"
+                + ("; the series id restarts at 1 after initialize" if "$id" in pattern
+                   else "") + f"). Transfer them ('transfer {prefix}_*') or delete them "
+                f"('delete {prefix}_*'), or set another prefix, then count again")
 
     # -- used by commands.py ---------------------------------------------
     def image_geometry(self) -> Tuple[str, int, int]:

@@ -263,6 +263,8 @@ TABLE: List[Param] = [
        local=Local(run=FileTransfers.do_delete), background=True),
     _p("auto_delete", FC, "RW", "ALL", "delete files from the DCU after a verified transfer",
        local=Local(read=FileTransfers.get_auto_delete, write=FileTransfers.set_auto_delete)),
+    _p("transfer_wait", FC, "RW", "ALL", "seconds a transfer waits for the filewriter to finish",
+       local=Local(read=FileTransfers.get_transfer_wait, write=FileTransfers.set_transfer_wait)),
     _p("writer_error", FS, "R", "ALL", "filewriter errors", subsystem="filewriter",
        task="status", key="error"),
     _p("writer_state", FS, "R", "ALL", "filewriter state", subsystem="filewriter",

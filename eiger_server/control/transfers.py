@@ -3,6 +3,12 @@
 The DCU keeps its HDF5 files in memory, so nothing may be deleted there until
 a complete, verified copy exists here. A transfer therefore
 
+0. waits until the files are finished: a real FileWriter creates the master
+   at ``arm`` and goes on writing after the last image, so the files are
+   taken only once the filewriter has left ``acquire`` and two looks
+   (``HEAD /data/<name>``) half a second apart find the same files with the
+   same sizes -- within ``transfer_wait`` seconds, else an error that says
+   which file was still growing,
 1. streams ``GET /data/<name>`` in 1 MiB chunks into a hidden temporary file
    beside the final name in data_directory (after checking the free space),
 2. checks the byte count against Content-Length and opens the copy with h5py
@@ -13,7 +19,8 @@ a complete, verified copy exists here. A transfer therefore
    keeps its place and the copy gets the next free ``-img###`` name, with the
    master's links rewritten to match),
 4. and, with auto_delete, deletes the DCU's files only once every file of the
-   request is safely here.
+   request is safely here and a last look finds each still of the size that
+   was copied (a file that changed meanwhile is kept on the DCU).
 
 Data files go before their master, so a master on disk always finds its data.
 Any failure removes the temporary file and leaves the DCU untouched.
@@ -33,6 +40,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import unquote
 
@@ -40,7 +48,7 @@ from eiger_server.control.bindings import component
 from eiger_server.control.interfaces import DetectorConfig, FileSettings
 from eiger_server.simplon.rest import SimplonClient
 from eiger_server.storage import paths
-from eiger_server.values import one_arg, parse_bool
+from eiger_server.values import one_arg, parse_bool, parse_number
 from eiger_server.errors import DataError, DetectorError, ParameterError
 
 log = logging.getLogger(__name__)
@@ -54,6 +62,10 @@ _SAFE_PATTERN = re.compile(r"[A-Za-z0-9._\-*?\[\]!]+\Z")
 _SAFE_NAME_CHARS = "._-"
 _SAFE_PATTERN_CHARS = "._-*?[]!"
 _HREF = re.compile(r"""href=["']([^"'?#]+)["']""", re.IGNORECASE)
+#: Seconds a transfer waits for the filewriter to finish its files (transfer_wait).
+WAIT_LIMIT = 120.0
+#: Seconds between two looks at the files: facility drivers wait half a second.
+SETTLE = 0.5
 
 
 def check_name(name: str) -> str:
@@ -104,6 +116,7 @@ class FileTransfers:
         self.settings = settings
         self._stopping_flag = stopping
         self.auto_delete = False
+        self.wait_limit = WAIT_LIMIT
         self._list_via: Optional[str] = None       # "status" or "files", once known
 
     # -- auto_delete -----------------------------------------------------
@@ -113,6 +126,17 @@ class FileTransfers:
     def set_auto_delete(self, *args: str) -> bool:
         self.auto_delete = parse_bool(one_arg(args, "auto_delete"), "auto_delete")
         return self.auto_delete
+
+    def get_transfer_wait(self) -> float:
+        return self.wait_limit
+
+    def set_transfer_wait(self, *args: str) -> float:
+        value = parse_number(one_arg(args, "transfer_wait"), "transfer_wait")
+        if not value >= 0 or value > 86400:
+            raise ParameterError("transfer_wait: give the seconds a transfer waits for the "
+                                 "filewriter to finish its files (0 to 86400)")
+        self.wait_limit = value
+        return value
 
     # -- listing ---------------------------------------------------------
     def get_files(self) -> List[str]:
@@ -171,22 +195,101 @@ class FileTransfers:
 
     def _select(self, pattern: str, what: str) -> List[str]:
         """Names on the DCU matching ``pattern``; an error when there are none."""
-        check_pattern(pattern)
+        names, available = self._match(pattern)
         wild = any(ch in pattern for ch in "*?[")
-        if not wild:
-            check_name(pattern)
-        available = self.get_files()
-        names = [name for name in available if fnmatch.fnmatchcase(name, pattern)]
         if not names:
             if wild:
                 raise DataError(f"{what}: no file on the DCU matches '{pattern}' "
                                 f"({len(available)} files there; 'files' lists them)")
             raise DataError(f"{what}: '{pattern}' is not on the DCU; 'files' lists "
                             "what is there")
+        return names
+
+    def _match(self, pattern: str) -> Tuple[List[str], List[str]]:
+        """(names matching ``pattern``, data files before masters; all names listed)."""
+        check_pattern(pattern)
+        if not any(ch in pattern for ch in "*?["):
+            check_name(pattern)
+        available = self.get_files()
+        names = [name for name in available if fnmatch.fnmatchcase(name, pattern)]
         for name in names:
             check_name(name)
         # Data files before masters: a master copied here always finds its data.
-        return sorted(names, key=lambda n: (is_master(n), n))
+        return sorted(names, key=lambda n: (is_master(n), n)), available
+
+    def clashes(self, prefixes: List[str]) -> List[str]:
+        """The DCU's files a series written as one of ``prefixes`` would overwrite."""
+        files = self.get_files()
+        return [name for name in files for prefix in prefixes
+                if name == f"{prefix}_master.h5"
+                or fnmatch.fnmatchcase(name, f"{prefix}_data_*.h5")]
+
+    # -- finished files ----------------------------------------------------
+    def _size(self, name: str) -> Optional[int]:
+        """The size the DCU gives for ``name`` (HEAD /data/<name>); None if it is gone."""
+        try:
+            response = self.simplon.request("HEAD", self.simplon.data_url(name),
+                                            what=f"size of '{name}'")
+        except DetectorError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        response.close()
+        length = response.headers.get("Content-Length", "")
+        return int(length) if length.isdigit() else None
+
+    def _writer_state(self) -> str:
+        try:
+            return str(self.simplon.get_value("filewriter", "status", "state"))
+        except DetectorError as exc:
+            if exc.status is None:
+                raise
+            return "unknown"                     # a DCU without the value: sizes decide
+
+    def _wait_finished(self, pattern: str, what: str) -> Tuple[List[str], Dict[str, int]]:
+        """The files matching ``pattern`` once finished, with their sizes.
+
+        Finished: the filewriter is not in ``acquire`` and two looks SETTLE
+        seconds apart find the same names with the same sizes.
+        """
+        deadline = time.monotonic() + self.wait_limit
+        before: Optional[Dict[str, Optional[int]]] = None
+        while True:
+            self._check_stop(f"{what} stopped while waiting for the filewriter")
+            # _match refuses a bad pattern before the DCU is asked, and unsafe names it lists.
+            names, _ = self._match(pattern)
+            state = self._writer_state()
+            if not names and state != "acquire":
+                return self._select(pattern, what), {}      # the error: nothing matches
+            sizes = {name: self._size(name) for name in names}
+            if state != "acquire" and sizes == before and None not in sizes.values():
+                return names, {name: int(size) for name, size in sizes.items()
+                               if size is not None}
+            if before is not None and time.monotonic() + SETTLE > deadline:
+                raise DataError(self._still_writing(what, state, before, sizes))
+            before = sizes
+            time.sleep(SETTLE)
+
+    def _still_writing(self, what: str, state: str, before: Optional[Dict[str, Optional[int]]],
+                       sizes: Dict[str, Optional[int]]) -> str:
+        """Why the files are not finished, for the error."""
+        why = []
+        if state == "acquire":
+            why.append("the filewriter is still in state 'acquire'")
+        if before is not None:
+            for name, size in sizes.items():
+                old = before.get(name)
+                if name not in before:
+                    why.append(f"'{name}' appeared")
+                elif size is None:
+                    why.append(f"'{name}' gives no size")
+                elif old != size:
+                    why.append(f"'{name}' grew from {old} to {size} bytes")
+            why += [f"'{name}' vanished" for name in before if name not in sizes]
+        return (f"{what}: the files are not finished after {self.wait_limit:g} s ("
+                + ("; ".join(why[:4]) or "they are still changing")
+                + "); nothing was transferred or deleted. Transfer again once the series "
+                "is written, or set transfer_wait higher")
 
     # -- delete ----------------------------------------------------------
     def do_delete(self, *args: str) -> str:
@@ -217,14 +320,15 @@ class FileTransfers:
         Without one, the files of the current prefix. Returns a summary.
         """
         pattern = " ".join(args).strip() or self.default_pattern()
-        names = self._select(pattern, "transfer")
+        names, sizes = self._wait_finished(pattern, "transfer")
         directory = self.settings.data_directory
         renamed: Dict[str, str] = {}                 # DCU name -> local name, when they differ
         done: List[Tuple[str, str, int, str]] = []   # (name, local path, bytes, how)
         for name in names:
             try:
                 try:
-                    done.append(self._transfer_one(name, directory, renamed))
+                    done.append(self._transfer_one(name, directory, renamed,
+                                                   sizes.get(name)))
                 except OSError as exc:           # rename/stat/compare in data_directory
                     raise paths.disk_error(exc, os.path.join(directory, name),
                                            "placing the transferred file") from None
@@ -250,7 +354,14 @@ class FileTransfers:
                 notes.append(f"'{name}' saved as '{os.path.basename(path)}' (a different "
                              "file had its name)")
         if self.auto_delete:
-            # Every file of the request is verified here: now the DCU may forget them.
+            # Every file of the request is verified here; one that changed on the DCU
+            # since it was copied is not what was verified, and stays there.
+            changed = [name for name, _, size, _ in done if self._size(name) != size]
+            if changed:
+                raise DataError(f"{len(done)} files transferred to {directory}, but "
+                                f"{', '.join(changed)} changed on the DCU after the copy; "
+                                "nothing was deleted from the DCU: transfer again once "
+                                "the filewriter is done")
             for count, (name, _, _, _) in enumerate(done):
                 try:
                     self.simplon.delete_data(name)
@@ -267,13 +378,16 @@ class FileTransfers:
         log.info("%s", summary)
         return summary
 
-    def _transfer_one(self, name: str, directory: str,
-                      renamed: Dict[str, str]) -> Tuple[str, str, int, str]:
-        """Fetch, verify and place one file; (name, path, bytes, how)."""
+    def _transfer_one(self, name: str, directory: str, renamed: Dict[str, str],
+                      size: Optional[int] = None) -> Tuple[str, str, int, str]:
+        """Fetch, verify and place one file of finished ``size``; (name, path, bytes, how)."""
         target = paths.safe_join(directory, name, allow_subdirs=False)
         tmp = paths.temp_name(target)
         try:
             written = self._download(name, directory, tmp)
+            if size is not None and written != size:
+                raise DataError(f"it changed on the DCU while it was copied ({size} bytes "
+                                f"when finished, {written} copied)")
             self._verify(tmp, name, written)
             if is_master(name) and renamed:
                 self._relink(tmp, name, renamed)

@@ -13,6 +13,7 @@ from typing import List, Optional
 
 from eiger_server.fakedcu.app import FakeDCUApp
 from eiger_server.fakedcu.device.definitions import API_VERSIONS, MODELS
+from eiger_server.fakedcu.device.filewriter_profile import PRESETS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="where the file writer keeps its files (default: a temporary directory)")
     p.add_argument("--arm-delay", type=float, default=0.0,
                    help="seconds that initialize and arm take (default 0)")
+    p.add_argument("--files-profile", choices=list(PRESETS), default="simple",
+                   help="how the file writer, initialize and restart behave: simple (files "
+                        "appear complete) or like a real DCU (dectris, dectris-ready)")
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="more logging (-v info, -vv debug)")
     return p
@@ -50,7 +54,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         app = FakeDCUApp(api=args.api, model=args.model, host=args.host,
                          http_port=args.http_port, stream_port=args.stream_port,
                          stream2_port=args.stream2_port, source=args.source,
-                         data_dir=args.data_dir, arm_delay=args.arm_delay)
+                         data_dir=args.data_dir, arm_delay=args.arm_delay,
+                         files_profile=args.files_profile)
         app.start()
     except (OSError, ValueError, ImportError) as exc:
         print(f"fakedcu: cannot start: {exc}", file=sys.stderr)

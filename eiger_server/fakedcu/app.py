@@ -8,6 +8,7 @@ from typing import Any, List, Optional, Union
 from eiger_server.fakedcu.sources.synthetic import make_source
 from eiger_server.fakedcu.adapters.http import FakeDCUHTTPServer, Faults
 from eiger_server.fakedcu.interfaces import FrameSource
+from eiger_server.fakedcu.device.filewriter_profile import FileWriterProfile, profile
 from eiger_server.fakedcu.device.model import FakeDCU
 from eiger_server.fakedcu.stores.filewriter import FileWriterStore
 from eiger_server.fakedcu.stores.monitor_store import MonitorStore
@@ -35,21 +36,28 @@ class FakeDCUApp:
     (stream V1), ``stream2_port`` (stream V2) and ``url``. Real DCUs use
     80, 9999 and 31001. ``model`` is the device (its stores in
     ``model.filestore`` and ``model.monitorstore``), ``faults`` the switches
-    of the REST API (``/fake/faults``).
+    of the REST API (``/fake/faults``). ``files_profile`` (a
+    :class:`FileWriterProfile` or a preset's name) says how the FileWriter,
+    ``initialize`` and ``restart`` behave.
     """
 
     def __init__(self, api: str = "1.8.0", model: str = "1M", host: str = "127.0.0.1",
                  http_port: int = 0, stream_port: int = 0, stream2_port: int = 0,
                  source: Union[str, FrameSource] = "synthetic",
                  data_dir: Optional[Union[str, Path]] = None, *,
-                 streams: bool = True, arm_delay: float = 0.0):
+                 streams: bool = True, arm_delay: float = 0.0,
+                 files_profile: Union[str, FileWriterProfile] = "simple"):
         self.host = host
         frame_source = make_source(source) if isinstance(source, str) else source
         self.model = FakeDCU(api, model, source=frame_source, arm_delay=arm_delay)
+        self.files_profile = (profile(files_profile) if isinstance(files_profile, str)
+                              else files_profile)
+        self.model.files_profile = self.files_profile
         # the stores read their settings back from the model, which serves
         # their status and commands and feeds them the frames
         self._files = FileWriterStore(_FileWriterSettings(
-            self.model, Path(data_dir) if data_dir is not None else None))
+            self.model, Path(data_dir) if data_dir is not None else None),
+            profile=self.files_profile)
         self._monitor = MonitorStore(self.model)
         self.model.attach_stores(self._files, self._monitor)
         self._faults = Faults()

@@ -32,6 +32,7 @@ import numpy as np
 from eiger_server.fakedcu.sources.synthetic import SyntheticSource, default_pixel_mask
 from eiger_server.fakedcu.interfaces import (FileStore, Frame, FrameSink, FrameSource,
                                              MonitorImages, SeriesEnd, SeriesStart)
+from eiger_server.fakedcu.device.filewriter_profile import FileWriterProfile
 from eiger_server.fakedcu.device.states import (Event, IllegalCommand, State, allows,
                                                 next_state, refusal)
 from eiger_server.fakedcu.device.definitions import (ELEMENT_ENERGY, HC_EV_ANGSTROM, MODELS, PHOTON_ENERGY_RANGE,
@@ -521,6 +522,12 @@ class FakeDCU:
                 self._end_current(abort=True)
                 with self._lock:
                     self._step(Event.RESTART)
+                    if name == "restart" and self.files_profile.restart_resets_settings:
+                        # A real DCU's service restart forgets every setting
+                        # (its files stay: only a reboot empties the buffer).
+                        self._errors = []
+                        self._series_unique_id = ""
+                        self._reset_values()
             return None
         try:
             if subsystem == "filewriter" and self.filestore is not None:
@@ -557,6 +564,12 @@ class FakeDCU:
         with self._lock:
             self._step(Event.INITIALIZED)
             self._errors = []
+            if self.files_profile.initialize_restarts_sequence:
+                self._series_counter = 0     # the next arm is series 1 again
+            if self.files_profile.ready_after_initialize:
+                # Some DCUs report "ready" after initialize: a quirk of the
+                # profile, past the state table (like /fake/set of the state).
+                self._state = State.READY
         return None
 
     def _cmd_arm(self, body: Optional[dict]) -> Dict[str, int]:
@@ -802,6 +815,9 @@ class FakeDCU:
             self._sinks = tuple(x for x in self._sinks if x is not sink)
 
     # --------------------------------------------------------- lifecycle
+    #: How restart and initialize behave (filewriter_profile.py); the app sets it.
+    files_profile: FileWriterProfile = FileWriterProfile()
+
     @property
     def state(self) -> State:
         """The detector state (a str: na, idle, ready, acquire, configure, initialize, error)."""

@@ -15,8 +15,13 @@ I/O. Per series it writes
 ``<prefix>`` is the ``name_pattern`` with ``$id`` replaced by the series id.
 Every file is written under a hidden temporary name and renamed when closed,
 so :meth:`FileWriterStore.list_files` (and ``GET /data/``) only ever shows
-complete files. Only the first channel (threshold_1) is stored: the legacy
-layout has one image per frame.
+complete files -- unless the :class:`FileWriterProfile` says otherwise: with
+``open_files_listed`` the master is listed from arm and each data file while
+it is written, under its own name and with its current size, as on a real
+DCU; with ``write_behind`` the writer lags that many seconds behind the
+images (its state stays ``acquire`` and the files grow after the series).
+Only the first channel (threshold_1) is stored: the legacy layout has one
+image per frame.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import os
 import pathlib
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
@@ -34,6 +40,7 @@ import numpy as np
 
 from eiger_server.formats import nxmx
 from eiger_server.formats.compression import hdf5_filter
+from eiger_server.fakedcu.device.filewriter_profile import FileWriterProfile
 from eiger_server.fakedcu.interfaces import Frame, SeriesEnd, SeriesStart
 
 log = logging.getLogger(__name__)
@@ -96,8 +103,10 @@ class FileWriterStore:
     """Files of the fake DCU: a FrameSink writing NXmx HDF5, plus the filewriter status/commands."""
 
     def __init__(self, model: Any, capacity_bytes: int = DEFAULT_CAPACITY,
-                 queue_bytes: int = DEFAULT_QUEUE_BYTES) -> None:
+                 queue_bytes: int = DEFAULT_QUEUE_BYTES,
+                 profile: Optional[FileWriterProfile] = None) -> None:
         self._model = model
+        self.profile = profile or FileWriterProfile()
         data_dir = getattr(model, "data_dir", None)
         if data_dir is None:
             data_dir = tempfile.mkdtemp(prefix="fakedcu-files-")
@@ -204,7 +213,7 @@ class FileWriterStore:
             if (not force and self._queue
                     and self._pending_bytes + nbytes > self.queue_bytes):
                 return False
-            self._queue.append(item + (nbytes,))
+            self._queue.append(item + (time.monotonic(), nbytes))
             self._pending_bytes += nbytes
             self._cond.notify_all()
             return True
@@ -310,6 +319,12 @@ class FileWriterStore:
                 self._pending_bytes -= item[-1]
                 self._working = True
             kind = item[0]
+            lag = self.profile.write_behind
+            if lag > 0 and kind in ("frame", "end"):
+                # A real FileWriter goes on writing after the detector is done.
+                delay = item[-2] + lag - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
             try:
                 if kind == "stop":
                     self._abandon_series("the file writer was stopped")
@@ -381,8 +396,9 @@ class FileWriterStore:
             return
         prefix = _file_prefix(settings["name_pattern"], start.series_id)
         master_name = f"{prefix}_master.h5"
-        master_temp = self.directory / f".{master_name}.part"
+        master_temp = self._open_path(master_name)
         master = h5py.File(master_temp, "w", rdcc_nbytes=0)
+        self._publish_open(master, master_temp)
         series = _Series(start=start, prefix=prefix, nper=nper, nr_start=nr_start,
                          compression=start.compression if filters else "none",
                          direct=bool(filters),
@@ -403,7 +419,7 @@ class FileWriterStore:
 
     def _open_data_file(self, series: _Series, index: int) -> _DataFile:
         name = f"{series.prefix}_data_{index + 1:06d}.h5"
-        temp = self.directory / f".{name}.part"
+        temp = self._open_path(name)
         total = int(series.start.nimages) * max(1, int(series.start.ntrigger))
         count = min(series.nper, total - index * series.nper)
         if count <= 0:
@@ -412,6 +428,7 @@ class FileWriterStore:
         # for buffer_free().
         h5 = h5py.File(temp, "w", rdcc_nbytes=0)
         dset = self._create_dataset(h5, series, count)
+        self._publish_open(h5, temp)
         return _DataFile(index=index, first_image=index * series.nper, dset=dset, h5=h5,
                          temp_path=temp, name=name)
 
@@ -426,11 +443,7 @@ class FileWriterStore:
             return
         current.h5.close()
         assert current.temp_path is not None and current.name is not None  # set with h5
-        final = self.directory / current.name
-        os.replace(current.temp_path, final)
-        with self._lock:
-            self._files[current.name] = final.stat().st_size
-            self._inflight_bytes = 0
+        self._publish(current.temp_path, current.name)
         series.done_data.append(current.name)
 
     def write_frame(self, frame: Frame) -> None:
@@ -487,17 +500,58 @@ class FileWriterStore:
         self._account(series)
 
     def _account(self, series: _Series) -> None:
-        """Track the open files' size for buffer_free()."""
+        """Track the open files' size for buffer_free() (and their listed size)."""
         size = 0
+        listed = {}
         for path in (series.master_temp,
                      series.current.temp_path if series.current else None):
             if path is not None:
                 try:
-                    size += path.stat().st_size
+                    here = path.stat().st_size
                 except OSError:
-                    pass
+                    continue
+                if self.profile.open_files_listed:
+                    listed[path.name] = here
+                else:
+                    size += here
         with self._lock:
             self._inflight_bytes = size
+            for name, here in listed.items():
+                if name in self._files:          # not deleted meanwhile
+                    self._files[name] = here
+
+    # -- where a file is written, and when it is listed ----------------------
+    def _open_path(self, name: str) -> pathlib.Path:
+        """Where ``name`` is written: its own name when open files are listed,
+        else a hidden temporary name renamed at close."""
+        if self.profile.open_files_listed:
+            return self.directory / name
+        return self.directory / f".{name}.part"
+
+    def _publish_open(self, h5: h5py.File, path: pathlib.Path) -> None:
+        """List a file just opened, when the profile lists open files."""
+        if not self.profile.open_files_listed:
+            return
+        h5.flush()
+        with self._lock:
+            self._files[path.name] = path.stat().st_size
+
+    def _publish(self, path: pathlib.Path, name: str) -> None:
+        """A closed file under its final name, listed with its size."""
+        final = self.directory / name
+        if path != final:
+            os.replace(path, final)
+        try:
+            size = final.stat().st_size
+        except FileNotFoundError:
+            log.warning("'%s' was deleted while the file writer was writing it", name)
+            return
+        with self._lock:
+            if path == final and name not in self._files:
+                log.warning("'%s' was deleted while the file writer was writing it", name)
+                return
+            self._files[name] = size
+            self._inflight_bytes = 0
 
     def _buffer_full(self, series: _Series) -> None:
         self._add_error(
@@ -528,6 +582,8 @@ class FileWriterStore:
                     path.unlink()
                 except OSError:
                     pass
+                with self._lock:
+                    self._files.pop(path.name, None)    # listed while open
         with self._lock:
             self._inflight_bytes = 0
 
@@ -548,10 +604,7 @@ class FileWriterStore:
                 self._close_data(series, series.current)
             self._write_master(series, end)
             series.master.close()
-            final = self.directory / series.master_name
-            os.replace(series.master_temp, final)
-            with self._lock:
-                self._files[series.master_name] = final.stat().st_size
+            self._publish(series.master_temp, series.master_name)
             log.info("series %s: %d images written, files %s", series.start.series_id,
                      series.written, [series.master_name] + series.done_data)
         except Exception:

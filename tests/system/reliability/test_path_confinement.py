@@ -113,7 +113,9 @@ def test_transfer_and_delete_patterns_reach_only_data_urls(rig, tmp_path):
     assert answer.startswith("2 files transferred") and "deleted" in answer, answer
     touched = {(m, p) for m, p in requests_since(app, mark) if p.startswith("/data/")
                and p != "/data/"}
-    assert touched == {(m, f"/data/{n}") for n in DCU_FILES for m in ("GET", "DELETE")}
+    # HEAD: the sizes a transfer checks (finished files, unchanged before deleting).
+    assert touched == {(m, f"/data/{n}") for n in DCU_FILES
+                       for m in ("HEAD", "GET", "DELETE")}
     assert sorted(os.listdir(data)) == DCU_FILES
 
 
