@@ -13,6 +13,7 @@ from typing import List, Optional
 
 from eiger_server.fakedcu.app import FakeDCUApp
 from eiger_server.fakedcu.device.definitions import API_VERSIONS, MODELS
+from eiger_server.fakedcu.device.profiles import PROFILES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="where the file writer keeps its files (default: a temporary directory)")
     p.add_argument("--arm-delay", type=float, default=0.0,
                    help="seconds that initialize and arm take (default 0)")
+    p.add_argument("--fake-profile", choices=list(PROFILES), default="ideal",
+                   help="how the simulated DCU sequences a series (trigger answer, stream "
+                        "latency, images per trigger, auto-disarm); default ideal")
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="more logging (-v info, -vv debug)")
     return p
@@ -50,7 +54,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         app = FakeDCUApp(api=args.api, model=args.model, host=args.host,
                          http_port=args.http_port, stream_port=args.stream_port,
                          stream2_port=args.stream2_port, source=args.source,
-                         data_dir=args.data_dir, arm_delay=args.arm_delay)
+                         data_dir=args.data_dir, arm_delay=args.arm_delay,
+                         profile=args.fake_profile)
         app.start()
     except (OSError, ValueError, ImportError) as exc:
         print(f"fakedcu: cannot start: {exc}", file=sys.stderr)
@@ -62,7 +67,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    print(f"fakedcu api {args.api} model {args.model} http {app.url} "
+    print(f"fakedcu api {args.api} model {args.model} profile {args.fake_profile} http {app.url} "
           f"http_port {app.http_port} stream_port {app.stream_port} "
           f"stream2_port {app.stream2_port}", flush=True)
     try:
