@@ -236,7 +236,7 @@ def test_a_new_count_never_shows_the_previous_result(wire):
     wire.client.command("halt", check=True)
 
 
-@pytest.mark.parametrize("wire", ["simplon-1.8-real"], indirect=True)
+@pytest.mark.parametrize("wire", ["simplon-1.8-real", "eager-simulator"], indirect=True)
 def test_with_the_stream_off_a_count_lasts_its_exposure(wire):
     """Issue 12 item 1: stream off, the count ends when the exposure has elapsed
     and the DCU has left acquire, not when trigger returned."""
