@@ -411,10 +411,10 @@ class Acquisition:
                 each = max(frame_time, exposure or 0.0)
                 timeout = delay + self._per_trigger * each + 30.0
                 value = exposure if mode == "inte" else None
-                for _ in range(ntrig):
+                for k in range(ntrig):
                     if self._halt.is_set():
                         break
-                    self._send_trigger(value, timeout, nimages, accumulate)
+                    self._send_trigger(value, timeout, nimages, accumulate, first=k == 0)
                 exposure_end = started + delay + nimages * each
                 wait = max(5.0, 2.0 * nimages * (exposure or 0.0))
             last = self.triggers_left <= 0
@@ -429,12 +429,13 @@ class Acquisition:
         return default if value in (None, "") else value
 
     def _send_trigger(self, value: Optional[float], timeout: float, nimages: int,
-                      accumulate: bool) -> None:
-        """(lock held) One software trigger of the armed series."""
+                      accumulate: bool, first: bool) -> None:
+        """(lock held) One software trigger of the armed series (``first``: the
+        count's first)."""
         try:
             self.simplon.command("detector", "trigger", value, timeout=timeout)
         except DetectorError as exc:
-            if exc.status is None or self._halt.is_set() or self._frames_triggered:
+            if exc.status is None or self._halt.is_set() or not first:
                 raise self._count_broke(exc, nimages) from None
             # The DCU may have ended the series on its own (restart, another
             # client) before this count's first trigger: arm again, retry once.
