@@ -79,7 +79,8 @@ def serve(opts: ServerOptions, reporter: StartupReporter) -> int:
             if opts.fake_dcu:
                 from eiger_server.fakedcu.app import FakeDCUApp
 
-                app = FakeDCUApp(api=opts.fake_api, model=opts.fake_model)
+                app = FakeDCUApp(api=opts.fake_api, model=opts.fake_model,
+                             profile=opts.fake_profile)
                 app.start()
                 closers.append(("fake DCU", app.stop))
                 opts.dcu_host = "127.0.0.1"
@@ -131,7 +132,8 @@ def show_simplon_version(opts: ServerOptions) -> int:
         if opts.fake_dcu:
             from eiger_server.fakedcu.app import FakeDCUApp
 
-            app = FakeDCUApp(api=opts.fake_api, model=opts.fake_model)
+            app = FakeDCUApp(api=opts.fake_api, model=opts.fake_model,
+                             profile=opts.fake_profile)
             app.start()
             host, port = "127.0.0.1", app.http_port
         if not host:

@@ -47,6 +47,7 @@ class ServerOptions:
     fake_dcu: bool = False
     fake_api: str = "1.8.0"
     fake_model: str = "1M"
+    fake_profile: str = "ideal"
     simplon_version: Optional[str] = None
     http_timeout: float = 5.0
     stream_port: int = 9999
@@ -235,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--fake-model", default=d.fake_model, metavar="MODEL",
                       help="detector model the simulated DCU pretends to be "
                       f"(default {d.fake_model})")
+    # names checked by the fake (fakedcu/device/profiles.py), which this
+    # module does not import: the server needs none of it without --fake-dcu
+    fake.add_argument("--fake-profile", default=d.fake_profile, metavar="NAME",
+                      help="how the simulated DCU sequences a series: ideal, simplon-1.8-real, "
+                      f"simplon-1.6-real or eager-simulator (default {d.fake_profile})")
     return p
 
 

@@ -5,7 +5,7 @@ which wires them; none receives the controller itself.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Protocol
+from typing import Any, Dict, Optional, Protocol
 
 
 class DetectorConfig(Protocol):
@@ -38,7 +38,14 @@ class CountingStream(Protocol):
 
     def prepare_series(self) -> None: ...
 
-    def begin_count(self, nimages: int, accumulate: bool) -> None: ...
+    def open_count(self) -> None: ...
+
+    def begin_count(self, nimages: int, accumulate: bool, series: Optional[int] = None,
+                    first_frame: int = 0, new_series: bool = False) -> None: ...
+
+    def bind_series(self, series: Optional[int], first_frame: int = 0) -> None: ...
+
+    def fail_count(self, reason: str) -> None: ...
 
     def enabled(self) -> bool: ...
 

@@ -14,6 +14,7 @@ from typing import List, Optional
 from eiger_server.fakedcu.app import FakeDCUApp
 from eiger_server.fakedcu.device.definitions import API_VERSIONS, MODELS
 from eiger_server.fakedcu.device.filewriter_profile import PRESETS
+from eiger_server.fakedcu.device.profiles import PROFILES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,9 +39,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="where the file writer keeps its files (default: a temporary directory)")
     p.add_argument("--arm-delay", type=float, default=0.0,
                    help="seconds that initialize and arm take (default 0)")
-    p.add_argument("--files-profile", choices=list(PRESETS), default="simple",
+    p.add_argument("--files-profile", choices=list(PRESETS), default=None,
                    help="how the file writer, initialize and restart behave: simple (files "
-                        "appear complete) or like a real DCU (dectris, dectris-ready)")
+                        "appear complete) or like a real DCU (dectris, dectris-ready); default: the --fake-profile's")
+    p.add_argument("--fake-profile", choices=list(PROFILES), default="ideal",
+                   help="how the simulated DCU sequences a series (trigger answer, stream "
+                        "latency, images per trigger, auto-disarm); default ideal")
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="more logging (-v info, -vv debug)")
     return p
@@ -55,7 +59,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                          http_port=args.http_port, stream_port=args.stream_port,
                          stream2_port=args.stream2_port, source=args.source,
                          data_dir=args.data_dir, arm_delay=args.arm_delay,
-                         files_profile=args.files_profile)
+                         files_profile=args.files_profile, profile=args.fake_profile)
         app.start()
     except (OSError, ValueError, ImportError) as exc:
         print(f"fakedcu: cannot start: {exc}", file=sys.stderr)
@@ -67,7 +71,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    print(f"fakedcu api {args.api} model {args.model} http {app.url} "
+    print(f"fakedcu api {args.api} model {args.model} profile {args.fake_profile} http {app.url} "
           f"http_port {app.http_port} stream_port {app.stream_port} "
           f"stream2_port {app.stream2_port}", flush=True)
     try:

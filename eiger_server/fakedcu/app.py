@@ -8,8 +8,10 @@ from typing import Any, List, Optional, Union
 from eiger_server.fakedcu.sources.synthetic import make_source
 from eiger_server.fakedcu.adapters.http import FakeDCUHTTPServer, Faults
 from eiger_server.fakedcu.interfaces import FrameSource
-from eiger_server.fakedcu.device.filewriter_profile import FileWriterProfile, profile
+from eiger_server.fakedcu.device.filewriter_profile import FileWriterProfile
+from eiger_server.fakedcu.device.filewriter_profile import profile as profile_named
 from eiger_server.fakedcu.device.model import FakeDCU
+from eiger_server.fakedcu.device.profiles import Profile
 from eiger_server.fakedcu.stores.filewriter import FileWriterStore
 from eiger_server.fakedcu.stores.monitor_store import MonitorStore
 
@@ -36,9 +38,10 @@ class FakeDCUApp:
     (stream V1), ``stream2_port`` (stream V2) and ``url``. Real DCUs use
     80, 9999 and 31001. ``model`` is the device (its stores in
     ``model.filestore`` and ``model.monitorstore``), ``faults`` the switches
-    of the REST API (``/fake/faults``). ``files_profile`` (a
-    :class:`FileWriterProfile` or a preset's name) says how the FileWriter,
-    ``initialize`` and ``restart`` behave.
+    of the REST API (``/fake/faults``). ``profile`` (a preset name of
+    profiles.PROFILES or a Profile) says how the device sequences a series;
+    ``files_profile`` (a :class:`FileWriterProfile` or a preset's name; default:
+    the profile's own) how the FileWriter, ``initialize`` and ``restart`` behave.
     """
 
     def __init__(self, api: str = "1.8.0", model: str = "1M", host: str = "127.0.0.1",
@@ -46,11 +49,15 @@ class FakeDCUApp:
                  source: Union[str, FrameSource] = "synthetic",
                  data_dir: Optional[Union[str, Path]] = None, *,
                  streams: bool = True, arm_delay: float = 0.0,
-                 files_profile: Union[str, FileWriterProfile] = "simple"):
+                 files_profile: Union[str, FileWriterProfile, None] = None,
+                 profile: Union[str, Profile, None] = None):
         self.host = host
         frame_source = make_source(source) if isinstance(source, str) else source
-        self.model = FakeDCU(api, model, source=frame_source, arm_delay=arm_delay)
-        self.files_profile = (profile(files_profile) if isinstance(files_profile, str)
+        self.model = FakeDCU(api, model, source=frame_source, arm_delay=arm_delay,
+                             profile=profile)
+        if files_profile is None:
+            files_profile = self.model.profile.files
+        self.files_profile = (profile_named(files_profile) if isinstance(files_profile, str)
                               else files_profile)
         self.model.files_profile = self.files_profile
         # the stores read their settings back from the model, which serves
@@ -108,8 +115,8 @@ class FakeDCUApp:
                 self._detach(adapter)
             raise
         self._started = True
-        log.info("fake DCU (API %s, %s) on %s, stream V1 port %s, stream V2 port %s",
-                 self.model.api, self.model.detector_model, self.url,
+        log.info("fake DCU (API %s, %s, profile %s) on %s, stream V1 port %s, stream V2 port %s",
+                 self.model.api, self.model.detector_model, self.model.profile.name, self.url,
                  self.stream_port, self.stream2_port)
         return self
 

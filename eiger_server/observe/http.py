@@ -79,7 +79,7 @@ class LiveServer:
             try:
                 region = tuple(int(v) for v in query["region"].split(","))
             except ValueError:
-                raise ValueError("region must be r0,r1,c0,c1 (rows and columns, inclusive)")
+                raise ValueError("region must be r0,r1,c0,c1 (rows and columns, inclusive)") from None
             if len(region) != 4:
                 raise ValueError("region must be r0,r1,c0,c1 (rows and columns, inclusive)")
         key = (ident, query.get("scale", "log"), query.get("cmap", "viridis"), region)

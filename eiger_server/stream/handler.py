@@ -45,6 +45,7 @@ from eiger_server.errors import DataError, DetectorError, EigerError, ParameterE
 from eiger_server.wire.protocol import wire_type_for
 from eiger_server.values import flag_arg, one_arg, parse_number
 from eiger_server.stream.imageproc import ImageResult
+from eiger_server.stream.counters import Counters
 from eiger_server.stream.receiver import StreamReceiver
 from eiger_server.formats.stream_events import ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent
 from eiger_server.observe.hooks import NO_OBSERVER, StreamObserver
@@ -140,14 +141,24 @@ class StreamHandler:
         self._collected = 0
         self._failed_in_count = 0
         self._lost_seen = 0
+        # which images are the count's: those of series _count_series (None:
+        # any, but not one of _stale_series) with frames in [_count_lo, _count_hi)
+        self._count_series: Optional[int] = None
+        self._count_lo = 0
+        self._count_hi: Optional[int] = None
+        self._count_next = 0              # the next frame of the count due
+        self._stale_series: frozenset = frozenset()
+        self._recent_series: Deque[int] = collections.deque(maxlen=16)
+        self._lost_frames: List[int] = []    # frames of the count that never came
+        self._bad_frames: List[int] = []     # ... that came unreadable
+        self._outcome: Optional[str] = None  # why the count has no valid result
         self._accumulator: Optional[imageproc.Accumulator] = None
         self._latest: Optional[ImageResult] = None
         self._latest_seq = -1
         self._delivered: Optional[Tuple[tuple, ImageResult]] = None
         self._stats: Dict[tuple, Any] = {}
-        # counters and errors
-        self.decode_failures = 0
-        self.unsaved = 0
+        # counters (added to by the receiver, the workers and the saver) and errors
+        self._loss = Counters("decode_failures", "unsaved")
         self._errors: Deque[str] = collections.deque(maxlen=5)
         # set before the first receiver starts (eiger_server.observe)
         self.observer: StreamObserver = NO_OBSERVER
@@ -155,6 +166,16 @@ class StreamHandler:
     # =====================================================================
     # API for the rest of the server
     # =====================================================================
+    @property
+    def decode_failures(self) -> int:
+        """Images that arrived but could not be read."""
+        return self._loss["decode_failures"]
+
+    @property
+    def unsaved(self) -> int:
+        """Images that were to be saved and were not (queue full, disk error, ...)."""
+        return self._loss["unsaved"]
+
     def enabled(self) -> bool:
         """True when the DCU's stream is enabled (cached value)."""
         try:
@@ -170,22 +191,103 @@ class StreamHandler:
         if self.enabled():
             self._ensure_receiver()
 
-    def begin_count(self, nimages: int, accumulate: bool = False) -> None:
-        """Start counting ``nimages`` images (summed into one when ``accumulate``)."""
+    def open_count(self) -> None:
+        """A count is starting: from now on images are awaited (``is_waiting_data``
+        1) and the previous count's result is gone, before the count's thread
+        knows what it will be (:meth:`begin_count`)."""
+        with self._lock:
+            self._reset_count()
+            self._expected = 0            # not known yet: never complete
+            self._cond.notify_all()
+
+    def begin_count(self, nimages: int, accumulate: bool = False, series: Optional[int] = None,
+                    first_frame: int = 0, new_series: bool = False) -> None:
+        """Start counting ``nimages`` images (summed into one when ``accumulate``).
+
+        With ``series`` (the id the DCU answered to arm) only that series'
+        frames ``first_frame`` .. ``first_frame + nimages - 1`` belong to the
+        count, and a frame missing among them is lost; ``new_series`` (the id
+        is not known yet) leaves out images of every series seen before.
+        """
         meta = self._snapshot_meta()
         with self._lock:
-            self._gen += 1
-            self._counting = True
+            self._reset_count()
             self._expected = max(1, int(nimages))
-            self._collected = 0
-            self._failed_in_count = 0
-            self._lost_seen = self._receiver_lost()
+            if series is not None:
+                self._count_series = int(series)
+                self._count_lo = self._count_next = int(first_frame)
+                self._count_hi = self._count_lo + self._expected
+            elif new_series:
+                self._stale_series = frozenset(self._recent_series)
             self.accumulate = bool(accumulate)
             self._accumulator = imageproc.Accumulator(self._expected) if accumulate else None
             self._count_meta = meta
             self._cond.notify_all()
         if self.enabled():
             self._ensure_receiver()
+
+    def bind_series(self, series: Optional[int], first_frame: int = 0) -> None:
+        """The running count is series ``series`` (known once arm answered)."""
+        if series is None:
+            return
+        with self._lock:
+            self._count_series = int(series)
+            self._count_lo = int(first_frame)
+            self._count_next = max(self._count_next, self._count_lo)
+            self._count_hi = self._count_lo + self._expected
+
+    def _reset_count(self) -> None:
+        """(under _lock) A new count: nothing counted, no result, no outcome."""
+        self._gen += 1
+        self._counting = True
+        self._collected = 0
+        self._failed_in_count = 0
+        self._lost_seen = self._receiver_lost()
+        self._count_series = None
+        self._count_lo = self._count_next = 0
+        self._count_hi = None
+        self._stale_series = frozenset()
+        self._lost_frames = []
+        self._bad_frames = []
+        self._outcome = None
+        self._accumulator = None
+        # the previous count's result is never presented as this one's
+        self._latest = None
+        self._delivered = None
+        self._stats = {}
+
+    def fail_count(self, reason: str) -> None:
+        """The count ends without a valid result (halted, timed out, ...):
+        reads of its data answer ``reason`` until the next count starts."""
+        with self._cond:
+            if self._outcome is None:
+                self._outcome = reason
+            self._counting = False
+            self._accumulator = None
+            self._cond.notify_all()
+
+    def count_outcome(self) -> Optional[str]:
+        """Why the last count has no valid result; None when it has one (or runs)."""
+        with self._lock:
+            if self._outcome is not None:
+                return self._outcome
+            if not self._failed_in_count or not self._count_complete():
+                return None
+            parts = []
+            total = max(self._expected, self._collected + self._failed_in_count)
+            lost = self._failed_in_count - len(self._bad_frames)
+            if lost > 0:
+                parts.append(f"{lost} of {total} images were lost in transit"
+                             + _frames_text(self._lost_frames))
+            if self._bad_frames:
+                parts.append(f"{len(self._bad_frames)} of {total} images arrived unreadable"
+                             + _frames_text(self._bad_frames))
+            return "; ".join(parts) + "; this count has no valid result"
+
+    def _check_result(self, what: str) -> None:
+        outcome = self.count_outcome()
+        if outcome is not None:
+            raise DataError(f"{what}: {outcome}")
 
     def wait_count(self, timeout: float) -> bool:
         """True once the count's images (or the accumulated result) are in."""
@@ -267,6 +369,7 @@ class StreamHandler:
     def read(self, r0: int, r1: int, c0: int, c1: int) -> Tuple[str, int, bytes]:
         """(type name, number of pixels, little-endian bytes) of rows r0..r1,
         columns c0..c1 (inclusive) of the latest image."""
+        self._check_result("read")
         latest = self.latest()
         if latest is None:
             raise DataError("not ready")
@@ -295,7 +398,7 @@ class StreamHandler:
         if saver is not None:
             saver.submit(self._close_raw, always=True)
             stopped = saver.close(timeout=5)
-            self.unsaved += saver.dropped
+            self._loss.add("unsaved", saver.dropped)
         if not stopped:
             # The saver thread still writes: the writer is its alone.
             log.error("the saver thread did not stop; the open HDF5RAW series (if any) "
@@ -519,6 +622,7 @@ class StreamHandler:
         """Save the latest image; one file per channel when there are several."""
         name = " ".join(str(a) for a in args).strip()
         base = self._user_path(with_suffix(name), "save") if name else ""
+        self._check_result("save")
         with self._lock:
             result = self._latest
         if result is None:
@@ -603,6 +707,8 @@ class StreamHandler:
         if isinstance(event, ImageMessage):
             self._dispatch(event)
         elif isinstance(event, SeriesHeader):
+            with self._lock:
+                self._note_series(event.series)
             self._series_meta[event.series] = self._header_meta(event)
             self._series_channels[event.series] = list(event.channels)
             self._series_headers[event.series] = event
@@ -613,25 +719,86 @@ class StreamHandler:
         elif isinstance(event, StreamErrorEvent):
             if event.frame is not None:
                 # an image that came but cannot be read is lost for the user
-                self.decode_failures += 1
-                self._count_failure(self._gen)
+                self._loss.add("decode_failures")
+                with self._lock:
+                    mine = self._count_series in (None, event.series)
+                    if mine and event.series == self._count_series:
+                        self._count_next = max(self._count_next, event.frame + 1)
+                    gen = self._gen if mine else -1
+                self._count_failure(gen, event.frame)
         elif isinstance(event, SeriesEnd):
+            self._series_ended(event.series)
             # Finish an HDF5RAW series whatever autosave and the mode are now
             # (a no-op when none is open); queued after the series' frames.
             saver = self._saver
             if saver is not None:
                 saver.submit(self._close_raw, always=True)
 
+    def _note_series(self, series: int) -> None:
+        """(under _lock) Remember a series the stream carried."""
+        if not self._recent_series or self._recent_series[-1] != series:
+            self._recent_series.append(series)
+
+    def _belongs(self, event: ImageMessage) -> bool:
+        """(under _lock, receiver thread, stream order) Is ``event`` one of the
+        running count's images? Frames of the count skipped over are lost."""
+        if event.series in self._stale_series:
+            return False
+        if self._count_series is None:
+            return True
+        frame = event.frame
+        if event.series != self._count_series or frame < self._count_lo or (
+                self._count_hi is not None and frame >= self._count_hi):
+            return False
+        if frame > self._count_next:
+            self._mark_lost(range(self._count_next, frame))
+        self._count_next = max(self._count_next, frame + 1)
+        return True
+
+    def _mark_lost(self, frames: range) -> None:
+        """(under _lock) Frames of the count that will not come."""
+        if not frames:
+            return
+        self._failed_in_count += len(frames)
+        if len(self._lost_frames) < 1000:
+            self._lost_frames.extend(frames[:1000])
+        self._cond.notify_all()
+
+    def _series_ended(self, series: int) -> None:
+        """The end message of ``series``: the count's frames not in by now are lost."""
+        with self._lock:
+            if series != self._count_series or self._count_hi is None:
+                return
+            self._mark_lost(range(self._count_next, self._count_hi))
+            self._count_next = self._count_hi
+            gen = self._gen
+        self._maybe_finish_accumulation(gen)
+
+    def _maybe_finish_accumulation(self, gen: int) -> None:
+        """Finish an accumulation whose missing images are known to be lost."""
+        with self._lock:
+            accumulator = self._accumulator if gen == self._gen else None
+            done = accumulator is not None and accumulator.added > 0 and \
+                accumulator.added + self._failed_in_count >= accumulator.nimages
+            meta = dict(self._count_meta)
+        if done:
+            assert accumulator is not None
+            self._finish_accumulation(gen, accumulator, meta)
+
     def _dispatch(self, event: ImageMessage) -> None:
         with self._lock:
+            lost_before = self._failed_in_count
             self._seq += 1
-            gen = self._gen
+            self._note_series(event.series)
+            gen = self._gen if self._belongs(event) else -1
             lost_now = self._receiver_lost()
             if lost_now > self._lost_seen:
-                # frames the receiver found missing belong to the running count
-                self._failed_in_count += lost_now - self._lost_seen
+                if self._count_series is None:
+                    # frames the receiver found missing belong to the running count
+                    self._failed_in_count += lost_now - self._lost_seen
+                    self._cond.notify_all()
                 self._lost_seen = lost_now
-                self._cond.notify_all()
+            lost_more = self._failed_in_count > lost_before
             meta = dict(self._series_meta.get(event.series, {}))
             meta.update(self._count_meta)
             meta.update(series=event.series, frame=event.frame)
@@ -664,13 +831,15 @@ class StreamHandler:
                 directory = self.settings.data_directory
                 prefix = self._prefix_for(event.series)
                 overwrite = self.overwrite
+        if lost_more:
+            self._maybe_finish_accumulation(self._gen)
         if save_single:
             nbytes = sum(int(np.prod(e.shape)) * e.dtype.itemsize
                          for e in event.channels.values())
             saver = self._saver
             if saver is None or not saver.submit(
                     lambda: self._save_job(job, directory, prefix, index, overwrite), nbytes):
-                self.unsaved += 1
+                self._loss.add("unsaved")
                 log.warning("frame %s of series %s not saved: saving is behind (queue of %s "
                             "images full); the disk is too slow", event.frame, event.series,
                             self.save_depth)
@@ -703,9 +872,9 @@ class StreamHandler:
             except Exception as exc:          # nothing may kill a worker
                 log.exception("processing an image failed")
                 self._errors.append(f"processing an image failed: {exc}")
-                self.decode_failures += 1
+                self._loss.add("decode_failures")
                 job.failed = True
-                self._count_failure(job.gen)
+                self._count_failure(job.gen, job.event.frame if job.event else None)
             finally:
                 job.event = None
                 job.done.set()
@@ -719,10 +888,10 @@ class StreamHandler:
                       for name, encoded in event.channels.items()}
         except DecodeError as exc:
             job.failed = True
-            self.decode_failures += 1
+            self._loss.add("decode_failures")
             self._errors.append(str(exc))
             log.warning("%s", exc)
-            self._count_failure(job.gen)
+            self._count_failure(job.gen, event.frame)
             return
         first = next(iter(arrays.values()))
         accumulator = None
@@ -748,7 +917,8 @@ class StreamHandler:
         with self._cond:
             if job.gen == self._gen:
                 self._collected += 1
-            if job.seq > self._latest_seq:
+            # an image that is not the count's (a stale series) is never its result
+            if job.seq > self._latest_seq and job.gen == self._gen:
                 self._set_latest(result, job.seq)
             self._cond.notify_all()
 
@@ -794,7 +964,7 @@ class StreamHandler:
             if saver is None or not saver.submit(
                     lambda: self._save_job(job, directory, prefix, index, overwrite),
                     sum(a.nbytes for a in channels.values())):
-                self.unsaved += 1
+                self._loss.add("unsaved")
                 log.warning("accumulated image of series %s not saved: saving is behind",
                             result.series)
 
@@ -804,23 +974,24 @@ class StreamHandler:
         self._delivered = None
         self._stats = {}
 
-    def _count_failure(self, gen: int) -> None:
-        """An image of count ``gen`` will never arrive usable."""
+    def _count_failure(self, gen: int, frame: Optional[int] = None) -> None:
+        """An image (``frame``) of count ``gen`` arrived and cannot be read."""
         with self._cond:
             if gen != self._gen:
                 return
             self._failed_in_count += 1
-            accumulator = self._accumulator
+            if len(self._bad_frames) < 1000:
+                self._bad_frames.append(-1 if frame is None else int(frame))
             self._cond.notify_all()
-        if accumulator is not None and accumulator.added > 0 and \
-                accumulator.added + self._failed_in_count >= accumulator.nimages:
-            # finish with the images that did arrive; the rest are in dropped
-            self._finish_accumulation(gen, accumulator, dict(self._count_meta))
+        # finish with the images that did arrive; the rest are in dropped
+        self._maybe_finish_accumulation(gen)
 
     def _count_complete(self) -> bool:
         """(under _lock) True when no image of the count is still expected."""
         if not self._counting:
             return True
+        if self._expected <= 0:
+            return False                  # opened, not yet begun
         if self.accumulate:
             return self._accumulator is None or (
                 self._collected + self._failed_in_count >= self._expected
@@ -832,7 +1003,7 @@ class StreamHandler:
         saver = self._saver
         if saver is None or not saver.submit(job, nbytes):
             if nbytes:
-                self.unsaved += 1
+                self._loss.add("unsaved")
             log.warning("%s not saved: saving is behind (queue of %s images full); the "
                         "disk is too slow", what, self.save_depth)
 
@@ -863,7 +1034,7 @@ class StreamHandler:
                              header=self._series_headers.get(event.series))
             writer.write(event.frame, event.channels)
         except Exception as exc:
-            self.unsaved += 1
+            self._loss.add("unsaved")
             if isinstance(exc, DataError):
                 raise
             raise paths.disk_error(exc, base or directory, "HDF5RAW: saving frame "
@@ -898,7 +1069,7 @@ class StreamHandler:
                   overwrite: bool) -> None:
         while not job.done.wait(0.5):
             if self._closing.is_set():
-                self.unsaved += 1           # the server stops before the image was decoded
+                self._loss.add("unsaved")           # the server stops before the image was decoded
                 return
         result = job.result
         if result is None:
@@ -913,7 +1084,7 @@ class StreamHandler:
                 meta = dict(result.metadata, channel=channel)
                 written.append(save_tiff(path, array, meta, overwrite=overwrite))
         except Exception:
-            self.unsaved += 1               # lost for good (disk full, ...): counts as dropped
+            self._loss.add("unsaved")               # lost for good (disk full, ...): counts as dropped
             raise
         self.latest_file = written[0] if written else ""
         self.observer.on_saved(written, 1)
@@ -981,9 +1152,13 @@ class StreamHandler:
                 self.low_filter, self.high_filter)
 
     def _stat(self, kind: str, bounds: Optional[tuple] = None) -> Any:
+        self._check_result({"sum": "sum", "max": "maxval"}.get(kind, "roi"))
         image_key, latest = self._latest_delivered()
         if latest is None:
-            raise DataError("No acquisition done")
+            with self._lock:
+                running = self._counting and not self._count_complete()
+            raise DataError("the running count has no result yet; wait for get_status 0"
+                            if running else "No acquisition done")
         key = (image_key, kind, bounds)
         with self._lock:
             if key in self._stats:
@@ -1000,3 +1175,13 @@ class StreamHandler:
                 self._stats.clear()
             self._stats[key] = value
         return value
+
+
+def _frames_text(frames: List[int]) -> str:
+    """" (frames 2, 4, 6)" for the known frame numbers, at most 20 of them."""
+    known = [f for f in frames if f >= 0]
+    if not known:
+        return ""
+    shown = ", ".join(str(f) for f in known[:20])
+    more = f" and {len(known) - 20} more" if len(known) > 20 else ""
+    return f" (frame{'s' if len(known) > 1 else ''} {shown}{more})"

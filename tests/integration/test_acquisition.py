@@ -48,7 +48,8 @@ def test_identical_counts_arm_once_and_program_nothing(controller, spy):
     spy["config"].clear(), spy["command"].clear()
     for _ in range(3):
         count(controller, 0.05)
-    assert spy["config"] == [] and spy["command"] == ["trigger"] * 3
+    # the fourth trigger used the series up: it ends with disarm
+    assert spy["config"] == [] and spy["command"] == ["trigger"] * 3 + ["disarm"]
     assert controller.get("seqid") == seq
     assert float(controller.get("count_time")) == pytest.approx(0.05)
     assert float(controller.get("frame_time")) == pytest.approx(0.05, abs=1e-6)
@@ -179,7 +180,8 @@ def test_preset_programs_the_series_a_scan_arms(controller, spy):
     spy["command"].clear()
     for _ in range(3):
         count(controller, 0.03)
-    assert spy["command"] == ["trigger"] * 3      # the armed series fitted every point
+    # the armed series fitted every point, and ended with disarm after the last
+    assert spy["command"] == ["trigger"] * 3 + ["disarm"]
     with pytest.raises(ParameterError):
         controller.set("preset", ["0"])
 

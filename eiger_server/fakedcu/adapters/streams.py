@@ -17,6 +17,7 @@ import datetime as _dt
 import hashlib
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional, Set, Tuple
 
@@ -118,7 +119,8 @@ class _StreamAdapter:
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self._cond = threading.Condition()
-        self._items: Deque[Tuple[str, Any, int]] = collections.deque()
+        # (kind, item, size, when to send: the profile's stream latency)
+        self._items: Deque[Tuple[str, Any, int, float]] = collections.deque()
         self._queued_frames = 0
         self._queued_bytes = 0
         self._busy = False
@@ -260,7 +262,8 @@ class _StreamAdapter:
                     return
                 self._queued_frames += 1
                 self._queued_bytes += size
-            self._items.append((kind, item, size))
+            latency = getattr(getattr(self.model, "profile", None), "stream_latency", 0.0)
+            self._items.append((kind, item, size, time.monotonic() + latency))
             self._cond.notify()
 
     # ---------------------------------------------------------- sender side
@@ -273,11 +276,14 @@ class _StreamAdapter:
                         self._cond.wait(0.5)
                     if self._stop.is_set():
                         break
-                    kind, item, size = self._items.popleft()
+                    kind, item, size, due = self._items.popleft()
                     if kind == "frame":
                         self._queued_frames -= 1
                         self._queued_bytes -= size
                     self._busy = True
+                wait = due - time.monotonic()
+                if wait > 0 and self._stop.wait(wait):
+                    break
                 try:
                     self._handle(kind, item)
                 except Exception as exc:  # one bad frame must not kill the stream

@@ -35,6 +35,7 @@ from eiger_server.fakedcu.interfaces import (FileStore, Frame, FrameSink, FrameS
 from eiger_server.fakedcu.device.filewriter_profile import FileWriterProfile
 from eiger_server.fakedcu.device.states import (Event, IllegalCommand, State, allows,
                                                 next_state, refusal)
+from eiger_server.fakedcu.device.profiles import Profile, profile_named
 from eiger_server.fakedcu.device.definitions import (ELEMENT_ENERGY, HC_EV_ANGSTROM, MODELS, PHOTON_ENERGY_RANGE,
                      READOUT_TIME, SUBSYSTEM_VERSIONS, API_VERSIONS, ParamDef,
                      all_definitions, parameter_table)
@@ -104,7 +105,7 @@ class _Series:
     __slots__ = ("series_id", "unique_id", "start", "trigger_mode", "nimages", "ntrigger",
                  "total", "count_time", "frame_time", "start_delay", "width", "height",
                  "dtype", "channels", "t_arm", "next_image", "requested", "triggers",
-                 "pending", "cancel", "abort", "ended")
+                 "pending", "cancel", "abort", "ended", "per_trigger", "ends_itself", "held")
     series_id: int
     unique_id: str
     start: SeriesStart
@@ -127,6 +128,9 @@ class _Series:
     cancel: bool
     abort: threading.Event
     ended: bool
+    per_trigger: int
+    ends_itself: bool
+    held: Optional[Frame]
 
     def __init__(self, **kw: Any):
         for k, v in kw.items():
@@ -138,6 +142,7 @@ class _Series:
         self.cancel = False
         self.abort = threading.Event()
         self.ended = False
+        self.held = None           # the last frame, kept back until disarm
 
 
 # ------------------------------------------------------------------ model
@@ -146,8 +151,10 @@ class FakeDCU:
     """A simulated EIGER DCU: SIMPLON values, state machine and frame engine."""
 
     def __init__(self, api: str = "1.8.0", model: str = "1M", *,
-                 source: Optional[FrameSource] = None, arm_delay: float = 0.0):
+                 source: Optional[FrameSource] = None, arm_delay: float = 0.0,
+                 profile: "Profile | str | None" = None):
         self.api = api
+        self.profile: Profile = profile_named(profile)
         self.detector_model = model
         self.table = parameter_table(api, model)    # raises ValueError on bad api/model
         self._union = all_definitions()
@@ -574,6 +581,12 @@ class FakeDCU:
 
     def _cmd_arm(self, body: Optional[dict]) -> Dict[str, int]:
         with self._lock:
+            det = self._values["detector"]
+            if self.profile.one_image_per_trigger and det["trigger_mode"] in ("inte", "exte") \
+                    and det["nimages"] != 1:
+                raise FakeDCUError(400, f"arm refused: nimages is {det['nimages']}; in trigger "
+                                        f"mode {det['trigger_mode']} each trigger makes one "
+                                        "image, set nimages to 1")
             self._step(Event.ARM)
             old = self._series
         if old is not None:
@@ -623,9 +636,12 @@ class FakeDCU:
             countrate_table=det["countrate_correction_table"],
             stream=dict(self._values["stream"]), filewriter=dict(self._values["filewriter"]),
             api=self.api)
+        mode = det["trigger_mode"]
+        per_trigger = self.profile.images_per_trigger(mode, det["nimages"])
         return _Series(series_id=sid, unique_id=uid, start=start,
-                       trigger_mode=det["trigger_mode"], nimages=det["nimages"],
-                       ntrigger=det["ntrigger"], total=det["nimages"] * det["ntrigger"],
+                       trigger_mode=mode, nimages=det["nimages"], per_trigger=per_trigger,
+                       ends_itself=self.profile.ends_by_itself(mode),
+                       ntrigger=det["ntrigger"], total=per_trigger * det["ntrigger"],
                        count_time=det["count_time"], frame_time=det["frame_time"],
                        start_delay=det.get("trigger_start_delay", 0.0) or 0.0,
                        width=width, height=height, dtype=dtype, channels=channels,
@@ -634,12 +650,19 @@ class FakeDCU:
     def _cmd_trigger(self, body: Optional[dict]) -> None:
         with self._lock:
             s = self._series
-            if s is None or not allows(self._state, Event.TRIGGER):
+            # a DCU whose trigger answers before the images are out takes the
+            # next trigger while the last one's frames are still being made
+            queued = (s is not None and self._state is State.ACQUIRE
+                      and self.profile.trigger_returns != "images_out")
+            if s is None or not (queued or allows(self._state, Event.TRIGGER)):
                 raise FakeDCUError(409, refusal(Event.TRIGGER, self._state))
             if s.trigger_mode not in ("ints", "inte"):
                 raise FakeDCUError(409, f"trigger refused: trigger_mode is '{s.trigger_mode}'"
                                         "; the external input triggers this series "
                                         "(PUT /fake/trigger on the fake DCU)")
+            if s.requested >= s.total:
+                raise FakeDCUError(409, f"trigger refused: all {s.ntrigger} trigger(s) of "
+                                        f"series {s.series_id} were used; disarm and arm again")
             count_time, frame_time = s.count_time, s.frame_time
             if s.trigger_mode == "inte":
                 value = (body or {}).get("value") if isinstance(body, dict) else None
@@ -650,12 +673,22 @@ class FakeDCU:
                                                 "must be a positive number of seconds")
                     count_time = float(value)
                     frame_time = count_time + READOUT_TIME
+            n = s.per_trigger
             s.triggers += 1
-            s.requested += s.nimages
+            s.requested += n
             s.pending += 1
-            self._step(Event.TRIGGER)
-        future = self._engine.submit(self._acquire_job, s, s.nimages, count_time, frame_time)
-        self._wait(future)
+            if not queued:
+                self._step(Event.TRIGGER)
+        started = time.monotonic()
+        future = self._engine.submit(self._acquire_job, s, n, count_time, frame_time)
+        returns = self.profile.trigger_returns
+        if returns == "images_out":
+            self._wait(future)
+        elif returns == "after_exposure":
+            # the exposure is over; the frames may still be on their way
+            rest = started + s.start_delay + n * frame_time - time.monotonic()
+            if rest > 0:
+                time.sleep(rest)
         return None
 
     def external_trigger(self, value: Optional[float] = None) -> None:
@@ -676,7 +709,7 @@ class FakeDCU:
                                         f"series {s.series_id} were already triggered")
             count_time, frame_time = s.count_time, s.frame_time
             if s.trigger_mode == "exte":
-                n = 1
+                n = 1 if self.profile.one_image_per_trigger else s.nimages
                 if value is not None:
                     try:
                         count_time = float(value)
@@ -687,7 +720,7 @@ class FakeDCU:
                         raise FakeDCUError(400, "external trigger exposure must be positive")
                 frame_time = count_time + READOUT_TIME
             else:
-                n = s.nimages
+                n = s.per_trigger
             s.triggers += 1
             s.requested += n
             s.pending += 1
@@ -698,28 +731,31 @@ class FakeDCU:
         # harmless in any state, as on the real DCU
         with self._lock:
             sid = self._series.series_id if self._series else self._series_counter
-        self._end_current(abort=True)
+        self._end_current(abort=True, flush=True)
         return {"sequence id": sid}
 
     def _cmd_cancel(self, body: Optional[dict]) -> None:
-        self._end_current(abort=False)
+        self._end_current(abort=False, flush=True)
         return None
 
     def _cmd_abort(self, body: Optional[dict]) -> None:
         self._end_current(abort=True)
         return None
 
-    def _end_current(self, abort: bool) -> None:
+    def _end_current(self, abort: bool, flush: bool = False) -> None:
         with self._lock:
             s = self._series
         if s is not None:
-            self._end_series(s, abort)
+            self._end_series(s, abort, flush)
 
-    def _end_series(self, s: _Series, abort: bool) -> None:
-        """Stop series ``s`` (abort: at once; else after the current frame) and end it."""
+    def _end_series(self, s: _Series, abort: bool, flush: bool = False) -> None:
+        """Stop series ``s`` (abort: at once; else after the current frame) and end it;
+        ``flush`` sends a frame held back for disarm first (abort drops it)."""
         s.cancel = True
         if abort:
             s.abort.set()
+        if not flush:
+            s.held = None
         self._wait(self._engine.submit(self._end_job, s))
 
     # ------------------------------------------------------------ engine
@@ -745,7 +781,7 @@ class FakeDCU:
         finally:
             with self._lock:
                 s.pending -= 1
-            if s.cancel or s.abort.is_set() or s.next_image >= s.total:
+            if s.cancel or s.abort.is_set() or (s.next_image >= s.total and s.ends_itself):
                 self._end_job(s)
             else:
                 with self._lock:
@@ -776,11 +812,10 @@ class FakeDCU:
             start_ns = int((begin - s.t_arm) * 1e9)
             frame = Frame(s.series_id, image_id, data, start_ns, start_ns + ct_ns, ct_ns,
                           encoded(image_id) if encoded else None)
-            for sink in sinks:
-                try:
-                    sink.frame(frame)
-                except Exception:
-                    log.exception("sink %r failed at frame %d", sink, image_id)
+            if image_id == s.total - 1 and not s.ends_itself and self.profile.last_image_at_disarm:
+                s.held = frame             # leaves at disarm (see _end_job)
+            else:
+                self._to_sinks(sinks, frame)
             s.next_image = image_id + 1
             if debug:
                 log.debug("series %d frame %d", s.series_id, image_id)
@@ -791,6 +826,9 @@ class FakeDCU:
         """Send series end to the sinks once, and go idle if ``s`` is current."""
         if not s.ended:
             s.ended = True
+            held, s.held = s.held, None
+            if held is not None:
+                self._to_sinks(self._sinks, held)
             end = SeriesEnd(s.series_id, s.unique_id, s.next_image)
             for sink in self._sinks:
                 try:
@@ -804,6 +842,14 @@ class FakeDCU:
                 self._step(Event.SERIES_END)
 
     # ------------------------------------------------------------- sinks
+    @staticmethod
+    def _to_sinks(sinks: Tuple[FrameSink, ...], frame: Frame) -> None:
+        for sink in sinks:
+            try:
+                sink.frame(frame)
+            except Exception:
+                log.exception("sink %r failed at frame %d", sink, frame.image_id)
+
     def add_sink(self, sink: FrameSink) -> None:
         """Register a consumer of series start, frames and series end."""
         with self._lock:
