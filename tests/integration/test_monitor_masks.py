@@ -68,8 +68,14 @@ def test_monitor_images_save_and_pop(controller, fake_dcu, tmp_path):
         ctrl.get("monitor_save_threshold")
     ctrl.get("monitor_pop")
     ctrl.get("monitor_pop")
-    with pytest.raises(DataError, match="the oldest monitor image is not available: the monitor buffer is empty"):
+    # An empty monitor makes the DCU answer HTTP 408 after 500 ms: a clear error.
+    with pytest.raises(DataError, match="the oldest monitor image is not available: the "
+                                        "monitor holds no such image"):
         ctrl.get("monitor_pop")
+    # The latest image of one threshold is asked by series and id, never images/monitor/<n>.
+    paths = [entry[1] for entry in list(app.http.request_log) if "/images/" in entry[1]]
+    assert f"/monitor/api/1.8.0/images/{seqid}/2/1" in paths
+    assert not [p for p in paths if "/images/monitor/" in p]
 
 
 @pytest.mark.parametrize("api", ["1.6.0"])

@@ -196,9 +196,19 @@ class FakeDCU:
         det["x_pixels_in_detector"] = width
         det["y_pixels_in_detector"] = height
         det["pixel_mask"] = default_pixel_mask(width, height)
+        # 1.8: each threshold has its own mask; pixel_mask is threshold 1's
+        for n in (1, 2):
+            if f"threshold/{n}/pixel_mask" in det:
+                det[f"threshold/{n}/pixel_mask"] = det["pixel_mask"].copy()
         det["flatfield"] = np.ones((height, width), dtype=np.float32)
         det["countrate_correction_table"] = _COUNTRATE_TABLE
         det["number_of_excluded_pixels"] = int(np.count_nonzero(det["pixel_mask"]))
+
+    def pixels(self) -> Tuple[int, int]:
+        """The detector's (height, width) now (roi_mode may change it)."""
+        with self._lock:
+            det = self._values["detector"]
+            return int(det["y_pixels_in_detector"]), int(det["x_pixels_in_detector"])
 
     def _nframes_sum(self, count_time: float) -> int:
         rate = MODELS[self.detector_model][2]
@@ -467,7 +477,9 @@ class FakeDCU:
             det["threshold_energy"] = value
         elif name == "roi_mode":
             self._set_geometry("4M" if value == "4M" else self.detector_model)
-        elif name == "pixel_mask":
+        elif name in ("pixel_mask", "threshold/1/pixel_mask"):
+            if "threshold/1/pixel_mask" in det:
+                det["pixel_mask"] = det["threshold/1/pixel_mask"] = value
             det["number_of_excluded_pixels"] = int(np.count_nonzero(value))
 
     def _energy_follows(self, energy: float, wavelength: Optional[float] = None) -> None:
