@@ -199,6 +199,11 @@ class EigerController:
         # that restarted is back at its defaults and the cache would skip the PUT.
         subsystem, _ = row.simplon_place
         description = self.describe(subsystem, key, fresh=True)
+        if str(description.get("access_mode", "rw")).strip().lower() == "r":
+            # the DCU's own access mode decides, whatever the requirements' table says
+            raise ParameterError(f"'{name}' cannot be set: the detector does not allow writing "
+                                 f"{subsystem} '{key}' (its access mode is read-only); read "
+                                 f"it with image_par(unit, \"{name}\")")
         value = self.to_dcu(row, name, args, description)
         self.write_config(subsystem, key, value)
         return self._read_simplon(row, key)
@@ -221,7 +226,15 @@ class EigerController:
         elif value_type == "float":
             value = parse_number(text, name)
         elif value_type.endswith("[]"):
-            value = text.split()
+            # an array goes as a JSON array of its element type, never as strings
+            element = value_type[:-2]
+            words = text.replace(",", " ").replace("[", " ").replace("]", " ").split()
+            if element in ("int", "uint"):
+                value = [parse_number(w, name, integer=True) for w in words]
+            elif element == "float":
+                value = [parse_number(w, name) for w in words]
+            else:
+                value = words
         else:
             raise ParameterError(f"'{name}' ({value_type}) cannot be set from spec")
         allowed = description.get("allowed_values")

@@ -116,6 +116,13 @@ def test_simplon_rw_rows_write_and_read_back(controller, row):
     key = row.simplon_key(controller.version)
     description = controller.simplon.get(row.subsystem, "config", key)
     current = controller.get(row.name)
+    if description.get("access_mode") == "r":
+        # The DCU's own access mode decides (a real DCU marks some of the
+        # requirements' RW names read-only): a clear error, nothing sent.
+        with pytest.raises(ParameterError, match="the detector does not allow writing"):
+            controller.set(row.name, [current or "1"])
+        assert controller.get(row.name) == current
+        return
     if row.conv in ("enabled", "bool"):
         new = "0" if current == "1" else "1"
     elif description.get("allowed_values"):

@@ -35,6 +35,10 @@ MODULE_GAP = (12, 38)
 HC_KEV_ANGSTROM = 12.3984198   # E[keV] * lambda[A]
 HC_EV_ANGSTROM = 12398.4198    # E[eV] * lambda[A]
 READOUT_TIME = 1e-7            # s, EIGER2 dead time between frames
+# EIGER2 (SIMPLON 1.8) picks bit_depth_image from the count time: one
+# detector gives 8 bits at 10 ms, 16 at 20 ms, 32 at 100 ms. (count time
+# below which, bits)
+BIT_DEPTH_BY_COUNT_TIME: Tuple[Tuple[float, int], ...] = ((0.015, 8), (0.06, 16))
 PIXEL_SIZE = 75e-6             # m
 PHOTON_ENERGY_RANGE = (2000.0, 100000.0)   # eV
 THRESHOLD_RANGE = (1000.0, 100000.0)       # eV

@@ -35,7 +35,7 @@ from eiger_server.fakedcu.interfaces import (FileStore, Frame, FrameSink, FrameS
 from eiger_server.fakedcu.device.states import (Event, IllegalCommand, State, allows,
                                                 next_state, refusal)
 from eiger_server.fakedcu.device.definitions import (ELEMENT_ENERGY, HC_EV_ANGSTROM, MODELS, PHOTON_ENERGY_RANGE,
-                     READOUT_TIME, SUBSYSTEM_VERSIONS, API_VERSIONS, ParamDef,
+                     READOUT_TIME, BIT_DEPTH_BY_COUNT_TIME, SUBSYSTEM_VERSIONS, API_VERSIONS, ParamDef,
                      all_definitions, parameter_table)
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,7 @@ class FakeDCU:
         self._sinks: Tuple[FrameSink, ...] = ()
         self._engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fakedcu-engine")
         self._closed = False
+        self._bit_depth_pinned = False
         self._reset_values()
 
     def attach_stores(self, filestore: FileStore, monitorstore: MonitorImages) -> None:
@@ -188,6 +189,7 @@ class FakeDCU:
             det["data_collection_date"] = _now_iso()
             self._set_geometry(self.detector_model)
             det["nframes_sum"] = self._nframes_sum(det["count_time"])
+            self._bit_depth_pinned = False
 
     def _set_geometry(self, model: str) -> None:
         """Image size, factory mask, flatfield and count-rate table of ``model``."""
@@ -453,10 +455,12 @@ class FakeDCU:
             if det["frame_time"] < value + ro:
                 det["frame_time"] = value + ro
             det["nframes_sum"] = self._nframes_sum(value)
+            self._bit_depth_follows(value)
         elif name == "frame_time":
             if det["count_time"] > value - ro:
                 det["count_time"] = value - ro
                 det["nframes_sum"] = self._nframes_sum(det["count_time"])
+                self._bit_depth_follows(det["count_time"])
         elif name == "photon_energy":
             det["element"] = ""
             self._energy_follows(value)
@@ -482,6 +486,20 @@ class FakeDCU:
                 det["pixel_mask"] = det["threshold/1/pixel_mask"] = value
             det["number_of_excluded_pixels"] = int(np.count_nonzero(value))
 
+    def _bit_depth_follows(self, count_time: float) -> None:
+        """EIGER2 / 1.8: the image bit depth follows the count time (on a PUT;
+        the values after a reset stay the DCU's own defaults). A bit depth set
+        through ``force`` (``/fake/set``) stays until the next reset: a test
+        that chooses the depth gets it whatever the count time."""
+        if self.api.startswith("1.6") or self._bit_depth_pinned:
+            return
+        depth = 32
+        for below, bits in BIT_DEPTH_BY_COUNT_TIME:
+            if count_time < below:
+                depth = bits
+                break
+        self._values["detector"]["bit_depth_image"] = depth
+
     def _energy_follows(self, energy: float, wavelength: Optional[float] = None) -> None:
         """Wavelength and threshold(s) after a photon energy change."""
         det = self._values["detector"]
@@ -503,6 +521,8 @@ class FakeDCU:
             raise FakeDCUError(400, f"{subsystem}/command/{name} is a command, not a value")
         if task == "config":
             value = self._coerce(subsystem, d, value, check_limits=False)
+            if subsystem == "detector" and name == "bit_depth_image":
+                self._bit_depth_pinned = True
             return self._set_config(subsystem, name, value)
         with self._lock:
             if subsystem == "detector" and name == "state":
