@@ -268,7 +268,6 @@ def test_over_the_wire(server, fake_dcu, tmp_path, version):
     from eiger_server.wire.client import WireClient
     app = fake_dcu
     data = tmp_path / "wire"
-    force(app, "bit_depth_image", 16)      # the 16-bit frames compared below, at any count time
     with WireClient("127.0.0.1", server.port) as client:
         client.set("initialize")
         wait_for(lambda: client.get("cmd_executing") == "0", 20, what="initialize")

@@ -167,6 +167,9 @@ class FakeDCU:
         self._sinks: Tuple[FrameSink, ...] = ()
         self._engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fakedcu-engine")
         self._closed = False
+        # EIGER2 / 1.8 behaviour (bit depth from the count time); off unless
+        # asked, as most tests compare 16-bit frames at sub-10 ms count times
+        self.bit_depth_follows_count_time = False
         self._bit_depth_pinned = False
         self._reset_values()
 
@@ -491,7 +494,8 @@ class FakeDCU:
         the values after a reset stay the DCU's own defaults). A bit depth set
         through ``force`` (``/fake/set``) stays until the next reset: a test
         that chooses the depth gets it whatever the count time."""
-        if self.api.startswith("1.6") or self._bit_depth_pinned:
+        if not self.bit_depth_follows_count_time or self.api.startswith("1.6") \
+                or self._bit_depth_pinned:
             return
         depth = 32
         for below, bits in BIT_DEPTH_BY_COUNT_TIME:
