@@ -184,7 +184,13 @@ class EigerController:
         if task == "config":
             description = self.describe(subsystem, key, fresh=True)
         else:
-            description = self.simplon.get(subsystem, task, key)
+            try:
+                description = self.simplon.get(subsystem, task, key)
+            except DetectorError as exc:
+                fallback = table.STATUS_FALLBACK.get(key)
+                if exc.status != 404 or fallback is None:
+                    raise
+                description = self.simplon.get(subsystem, task, fallback)
         return self.from_dcu(row, description.get("value"))
 
     def from_dcu(self, row: Param, value: Any) -> Any:
@@ -238,6 +244,8 @@ class EigerController:
         else:
             raise ParameterError(f"'{name}' ({value_type}) cannot be set from spec")
         allowed = description.get("allowed_values")
+        if isinstance(allowed, str):
+            allowed = [allowed]        # a real 1.6.6 DCU answers roi_mode's as a bare string
         if allowed and value not in allowed:
             raise ParameterError(f"{name}: '{text}' is not allowed; choose one of "
                                  f"{', '.join(str(a) for a in allowed)}")
