@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from eiger_server.app.options import ServerOptions
 from eiger_server.control import table
 from eiger_server.control.acquisition import Acquisition
@@ -26,14 +28,16 @@ from eiger_server.control.monitor_images import MonitorImages
 from eiger_server.control.pixel_masks import PixelMasks
 from eiger_server.control.settings import ServerInfo, Settings
 from eiger_server.control.transfers import FileTransfers
-from eiger_server.errors import DetectorError, NotSupported, ParameterError, UnknownParameter
+from eiger_server.errors import DetectorError, EigerError, NotSupported, ParameterError, UnknownParameter
 from eiger_server.control.table import Param
 from eiger_server.simplon.rest import SimplonClient
 from eiger_server.values import format_value, one_arg, parse_bool, parse_number
 from eiger_server.stream.handler import StreamHandler
+from eiger_server.stream.imageproc import accumulated_dtype
 from eiger_server.wire.protocol import wire_type_for
 
 log = logging.getLogger(__name__)
+_BIT_DEPTHS = {8: np.uint8, 16: np.uint16, 32: np.uint32}
 
 
 # -- the controller -------------------------------------------------------
@@ -287,8 +291,16 @@ class EigerController:
 
     # -- used by commands.py ---------------------------------------------
     def image_geometry(self) -> Tuple[str, int, int]:
-        """(type name, rows, columns) of the images ``read`` returns."""
-        dtype = self.stream.result_dtype()
+        """(type name, rows, columns) of the image ``read`` will send next: the
+        DCU's bit depth now (re-read after a PUT that lists it), the
+        acquisition mode now (not the last count's), the rotation."""
+        try:
+            depth = int(self.config_value("bit_depth_image"))
+            dtype = np.dtype(_BIT_DEPTHS.get(depth, np.uint32))
+            if str(self.acq.acq_mode).upper() == "ACCUM":
+                dtype = accumulated_dtype(dtype)
+        except (EigerError, TypeError, ValueError):
+            dtype = self.stream.result_dtype()      # from the latest image, or the error
         width = int(self.config_value("x_pixels_in_detector"))
         height = int(self.config_value("y_pixels_in_detector"))
         if self.options.rotation in (90, 270):
