@@ -236,3 +236,15 @@ def test_pixelmask_threshold_on_1_6_is_refused_clearly(controller):
         controller.get("pixelmask_save", ["2", "x"])
     assert "into the pixel mask" in controller.get(
         "pixelmask_load", [controller.get("pixelmask_save", ["m"])])
+
+
+# -- stream initialize (SIMPLON 1.8 leaves the stream disabled) -------------------------
+@pytest.mark.parametrize("api", ["1.6.0", "1.8.0"])
+def test_stream_initialize_leaves_the_1_8_stream_disabled(controller, fake_dcu):
+    controller.set("stream_mode", ["1"])
+    assert controller.get("stream_mode") == "1"
+    controller.set("stream_initialize")
+    expected = "0" if fake_dcu.model.api == "1.8.0" else "1"
+    assert controller.get("stream_mode") == expected
+    assert fake_dcu.model.config_value("stream", "mode") == (
+        "disabled" if expected == "0" else "enabled")

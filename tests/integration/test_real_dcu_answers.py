@@ -36,6 +36,7 @@ class Real166:
         mask[3, 1000] = 8
         flat = np.linspace(0.9, 1.1, WIDTH * HEIGHT, dtype=np.float32).reshape(HEIGHT, WIDTH)
         self.state = "idle"
+        self.version = "1.6.0"
         self.config: Dict[str, Dict[str, Any]] = {
             "x_pixels_in_detector": {"value": WIDTH, "value_type": "uint", "access_mode": "r"},
             "y_pixels_in_detector": {"value": HEIGHT, "value_type": "uint", "access_mode": "r"},
@@ -78,7 +79,7 @@ def _handler(dcu: Real166) -> type:
         def do_GET(self) -> None:  # noqa: N802
             parts = [p for p in self.path.split("/") if p]
             if parts == ["detector", "api", "version"]:
-                return self._answer(200, {"value": "1.6.0", "value_type": "string"})
+                return self._answer(200, {"value": dcu.version, "value_type": "string"})
             task, name = parts[3], "/".join(parts[4:])
             if name == "keys":
                 return self._answer(200, list(dcu.config if task == "config"
@@ -164,3 +165,10 @@ def test_odd_answers_of_a_real_1_6_6_dcu(ctrl, real_dcu):
     with pytest.raises(ParameterError, match="the detector does not allow writing"):
         ctrl.set("detector_number", ["E-99"])
     assert not [what for what, _ in real_dcu.puts if what == "config/detector_number"]
+
+
+def test_an_eiger1_on_1_8_falls_back_to_board_000(ctrl, real_dcu):
+    # an EIGER1 running SIMPLON 1.8 may only serve board_000/th0_temp
+    real_dcu.version = "1.8.0"
+    assert float(ctrl.get("temperature")) == pytest.approx(31.2)
+    assert ctrl.version == "1.8.0"          # it asked for "temperature" first, and was refused

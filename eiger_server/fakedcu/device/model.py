@@ -564,6 +564,9 @@ class FakeDCU:
             elif subsystem == "monitor" and self.monitorstore is not None:
                 self.monitorstore.command(name)
             elif subsystem == "stream":
+                if name == "initialize" and not self.api.startswith("1.6"):
+                    with self._lock:        # as 1.8 does: the stream is disabled afterwards
+                        self._values["stream"]["mode"] = "disabled"
                 for a in list(self.stream_adapters):
                     if hasattr(a, "command"):
                         a.command(name)
