@@ -523,6 +523,9 @@ def test_data_files_are_served_and_deleted(dcu):
     store = dcu.app.model.filestore
     assert wait_for(lambda: any(n.endswith("_master.h5") for n in store.list_files()), 10)
     names = store.list_files()
+    # both versions document GET /filewriter/api/<v>/files/
+    listed = requests.get(f"{dcu.base}/filewriter/api/{dcu.api}/files/", timeout=5)
+    assert listed.status_code == 200 and listed.json() == names
     for name in names:
         r = requests.get(f"{dcu.base}/data/{name}", timeout=10)
         assert r.status_code == 200
