@@ -154,7 +154,9 @@ class Acquisition:
         self._per_trigger = self._images_per_trigger(mode)
         answer = self.simplon.command("detector", "arm")
         if isinstance(answer, dict):
-            self.seqid = answer.get("sequence id", answer.get("sequence_id", self.seqid))
+            # "sequence id" as documented; some firmware says "series id"
+            self.seqid = next((answer[k] for k in ("sequence id", "sequence_id", "series id")
+                               if k in answer), self.seqid)
         self.armed = True
         self.dirty = False
         self.triggers_left = ntrigger

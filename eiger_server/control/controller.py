@@ -26,6 +26,8 @@ import logging
 import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from eiger_server.app.options import ServerOptions
 from eiger_server.control import table
 from eiger_server.control.acquisition import Acquisition
@@ -35,16 +37,18 @@ from eiger_server.control.monitor_images import MonitorImages
 from eiger_server.control.pixel_masks import PixelMasks
 from eiger_server.control.settings import ServerInfo, Settings
 from eiger_server.control.transfers import FileTransfers
-from eiger_server.errors import (DataError, DetectorError, NotSupported, ParameterError,
+from eiger_server.errors import (DataError, DetectorError, EigerError, NotSupported, ParameterError,
                                  UnknownParameter)
 from eiger_server.control.table import Param
 from eiger_server.simplon.rest import SimplonClient
 from eiger_server.storage import paths
 from eiger_server.values import format_value, one_arg, parse_bool, parse_number
 from eiger_server.stream.handler import StreamHandler
+from eiger_server.stream.imageproc import accumulated_dtype
 from eiger_server.wire.protocol import wire_type_for
 
 log = logging.getLogger(__name__)
+_BIT_DEPTHS = {8: np.uint8, 16: np.uint16, 32: np.uint32}
 
 
 # -- the controller -------------------------------------------------------
@@ -208,7 +212,13 @@ class EigerController:
         if task == "config":
             description = self.describe(subsystem, key, fresh=True)
         else:
-            description = self.simplon.get(subsystem, task, key)
+            try:
+                description = self.simplon.get(subsystem, task, key)
+            except DetectorError as exc:
+                fallback = table.STATUS_FALLBACK.get(key)
+                if exc.status != 404 or fallback is None:
+                    raise
+                description = self.simplon.get(subsystem, task, fallback)
         return self.from_dcu(row, description.get("value"))
 
     def from_dcu(self, row: Param, value: Any) -> Any:
@@ -223,6 +233,11 @@ class EigerController:
         # that restarted is back at its defaults and the cache would skip the PUT.
         subsystem, _ = row.simplon_place
         description = self.describe(subsystem, key, fresh=True)
+        if str(description.get("access_mode", "rw")).strip().lower() == "r":
+            # the DCU's own access mode decides, whatever the requirements' table says
+            raise ParameterError(f"'{name}' cannot be set: the detector does not allow writing "
+                                 f"{subsystem} '{key}' (its access mode is read-only); read "
+                                 f"it with image_par(unit, \"{name}\")")
         value = self.to_dcu(row, name, args, description)
         self._write_remembered(subsystem, key, value)
         return self._read_simplon(row, key)
@@ -245,10 +260,20 @@ class EigerController:
         elif value_type == "float":
             value = parse_number(text, name)
         elif value_type.endswith("[]"):
-            value = text.split()
+            # an array goes as a JSON array of its element type, never as strings
+            element = value_type[:-2]
+            words = text.replace(",", " ").replace("[", " ").replace("]", " ").split()
+            if element in ("int", "uint"):
+                value = [parse_number(w, name, integer=True) for w in words]
+            elif element == "float":
+                value = [parse_number(w, name) for w in words]
+            else:
+                value = words
         else:
             raise ParameterError(f"'{name}' ({value_type}) cannot be set from spec")
         allowed = description.get("allowed_values")
+        if isinstance(allowed, str):
+            allowed = [allowed]        # a real 1.6.6 DCU answers roi_mode's as a bare string
         if allowed and value not in allowed:
             raise ParameterError(f"{name}: '{text}' is not allowed; choose one of "
                                  f"{', '.join(str(a) for a in allowed)}")
@@ -377,8 +402,16 @@ class EigerController:
 
     # -- used by commands.py ---------------------------------------------
     def image_geometry(self) -> Tuple[str, int, int]:
-        """(type name, rows, columns) of the images ``read`` returns."""
-        dtype = self.stream.result_dtype()
+        """(type name, rows, columns) of the image ``read`` will send next: the
+        DCU's bit depth now (re-read after a PUT that lists it), the
+        acquisition mode now (not the last count's), the rotation."""
+        try:
+            depth = int(self.config_value("bit_depth_image"))
+            dtype = np.dtype(_BIT_DEPTHS.get(depth, np.uint32))
+            if str(self.acq.acq_mode).upper() == "ACCUM":
+                dtype = accumulated_dtype(dtype)
+        except (EigerError, TypeError, ValueError):
+            dtype = self.stream.result_dtype()      # from the latest image, or the error
         width = int(self.config_value("x_pixels_in_detector"))
         height = int(self.config_value("y_pixels_in_detector"))
         if self.options.rotation in (90, 270):

@@ -7,6 +7,11 @@ the prefix (``$id`` -> series id):
 
 * ``<prefix>_monitor[_th<n>].tif``            latest image (``$id`` -> latest seqid)
 * ``<prefix>_s<series>_i<id>[_th<n>].tif``     a given image, or the popped one
+
+SIMPLON serves ``images/monitor`` (latest), ``images/next`` (pop the oldest)
+and ``images/<series>/<id>[/<threshold>]``, nothing else: the latest image of
+one threshold is the newest one the buffer lists, asked by series and id.
+With no image the DCU waits 500 ms and answers HTTP 408.
 """
 from __future__ import annotations
 
@@ -52,7 +57,7 @@ class MonitorImages:
         """``monitor_save [series id [threshold]]``: save the latest or a given image."""
         words = _words(args)
         if not words:
-            return self._save_latest(None)
+            return self._save_latest()
         if len(words) not in (2, 3):
             raise ParameterError("monitor_save takes no argument (latest image), or "
                                  f"'series id [threshold]'; got '{' '.join(words)}'")
@@ -65,12 +70,20 @@ class MonitorImages:
         return self._write(data, self._name(series, f"s{series}_i{image_id}", threshold))
 
     def do_save_threshold(self, *args: str) -> str:
-        """``monitor_save_threshold n``: save the latest image of threshold n."""
+        """``monitor_save_threshold n``: save the newest buffered image of threshold n."""
         words = _words(args)
         if len(words) != 1:
             raise ParameterError("monitor_save_threshold needs one threshold number (1, 2, "
                                  "or 3 for the difference image)")
-        return self._save_latest(_int(words[0], "monitor_save_threshold", 1))
+        threshold = _int(words[0], "monitor_save_threshold", 1)
+        newest = self._newest()
+        if newest is None:
+            raise DataError(f"no monitor image of threshold {threshold}: the monitor buffer "
+                            "is empty; enable the monitor (monitor_mode 1) and acquire")
+        series, image_id = newest
+        data = self._fetch(f"{series}/{image_id}/{threshold}",
+                           f"image {image_id} of series {series}, threshold {threshold}")
+        return self._write(data, self._name(series, "monitor", threshold))
 
     def do_pop(self, *args: str) -> str:
         """Save the oldest buffered image, which the DCU then drops; the file name."""
@@ -83,11 +96,16 @@ class MonitorImages:
         return self._write(data, name)
 
     # -- helpers -----------------------------------------------------------
-    def _save_latest(self, threshold: Optional[int]) -> str:
-        path = "monitor" + (f"/{threshold}" if threshold is not None else "")
-        data = self._fetch(path, "the latest monitor image"
-                           + (f" of threshold {threshold}" if threshold else ""))
-        return self._write(data, self._name(self._seqid(), "monitor", threshold))
+    def _save_latest(self) -> str:
+        data = self._fetch("monitor", "the latest monitor image")
+        return self._write(data, self._name(self._seqid(), "monitor", None))
+
+    def _newest(self) -> Optional[Tuple[int, int]]:
+        """(series, id) of the newest buffered image, or None."""
+        for series, ids in reversed(self.do_images()):
+            if ids:
+                return int(series), int(ids[-1])
+        return None
 
     def _oldest(self) -> Optional[Tuple[int, int]]:
         """(series, id) the next pop returns, if the list says (best effort)."""
@@ -114,6 +132,10 @@ class MonitorImages:
         try:
             data = self.simplon.monitor_image(path)
         except DetectorError as exc:
+            if exc.status == 408:
+                raise DataError(f"{what} is not available: the monitor holds no such image "
+                                "(the DCU timed out waiting for one); enable the monitor "
+                                "(monitor_mode 1), acquire, and see monitor_images") from None
             if exc.status in (400, 404):
                 raise DataError(f"{what} is not available: {exc.text or exc}; enable the "
                                 "monitor (monitor_mode 1), acquire, and see "

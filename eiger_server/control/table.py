@@ -117,6 +117,12 @@ class Param:
         return key
 
 
+# Status names a DCU may lack, and the older name to read instead (an EIGER1
+# running SIMPLON 1.8 may only serve the board_000 ones).
+STATUS_FALLBACK: Dict[str, str] = {"temperature": "board_000/th0_temp",
+                                   "humidity": "board_000/th0_humidity"}
+
+
 def _p(name: str, section: str, access: str, versions: str, doc: str, **kw) -> Param:
     return Param(name, section, access, versions, doc, **kw)
 
@@ -222,10 +228,11 @@ TABLE: List[Param] = [
        key={"1.6": "board_000/th0_humidity", "default": "humidity"}),
     _p("temperature", DS, "R", "ALL", "temperature (C)", subsystem="detector", task="status",
        key={"1.6": "board_000/th0_temp", "default": "temperature"}),
-    _p("buffer_free", DS, "R", "<1.7", "free DCU buffer (bytes)", subsystem="detector",
+    _p("buffer_free", DS, "R", "<1.7", "free DCU buffer (a percentage)", subsystem="detector",
        task="status", key="builder/dcu_buffer_free"),
-    _p("link/n", DS, "R", "ALL", "state of data link n (SIMPLON 1.7 and later)",
-       subsystem="detector", task="status", key={"1.6": None, "default": "link_{n}"},
+    # a real 1.6.6 DCU serves link_0 too: the DCU decides, not the version
+    _p("link/n", DS, "R", "ALL", "state of data link n (up/down)",
+       subsystem="detector", task="status", key="link_{n}",
        pattern=r"link/(\d+)", conv="str"),
 
     # DETECTOR COMMANDS

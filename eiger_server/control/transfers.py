@@ -98,8 +98,12 @@ def is_master(name: str) -> bool:
     return name.endswith("_master.h5")
 
 
+_DATA_FILE = re.compile(r"_data_\d{6}\.h5$")
+
+
 def is_data(name: str) -> bool:
-    return "_data_" in name and name.endswith(".h5")
+    # by the FileWriter's numbered suffix: a master named scan_data_7_master.h5 is no data file
+    return bool(_DATA_FILE.search(name)) and not is_master(name)
 
 
 @component

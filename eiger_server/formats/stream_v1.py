@@ -6,12 +6,15 @@ Message layouts (SIMPLON.md):
   configuration JSON (detail ``basic``/``all``), then with ``all`` three
   (header, array) pairs, then the header appendix if any;
 * image: ``dimage-1.0`` (series, frame, hash), ``dimage_d-1.0`` (shape [x, y],
-  type, encoding, size), the blob, ``dconfig-1.0`` (times in ns), and the
-  image appendix if any;
+  type, encoding, size), the blob, ``dconfig-1.0`` (times: nanoseconds on
+  EIGER2 / 1.8, but 20 ns clock ticks on EIGER1 / 1.6), and the image
+  appendix if any;
 * ``dseries_end-1.0``.
 
 :func:`parse` reads one message; blobs stay zero-copy views of the zmq
-frames, nothing is decoded here. ``encode_*`` build the same messages (the
+frames, nothing is decoded here. :class:`Parser` is ``parse`` for one
+connection: it learns from each series header whether the times are clock
+ticks (``software_version`` 1.6 or older) and converts them to seconds. ``encode_*`` build the same messages (the
 fake DCU sends them).
 """
 from __future__ import annotations
@@ -28,6 +31,30 @@ from eiger_server.formats.stream_events import (Event, ImageMessage, SeriesEnd, 
 
 CHANNEL = "threshold_1"     # V1 carries one image per message
 _NS = 1e-9
+TICK = 20e-9                # EIGER1 / SIMPLON 1.6: dconfig times count 20 ns clock ticks
+
+
+def time_unit(config: Mapping[str, Any]) -> float:
+    """Seconds per unit of the dconfig times for a series of this configuration."""
+    version = str(config.get("software_version", "") or "")
+    try:
+        major_minor = tuple(int(n) for n in version.split(".")[:2])
+    except ValueError:
+        return _NS
+    return TICK if len(major_minor) == 2 and major_minor < (1, 8) else _NS
+
+
+class Parser:
+    """``parse`` that remembers the time unit the last series header implied."""
+
+    def __init__(self, unit: float = _NS) -> None:
+        self.unit = unit
+
+    def __call__(self, parts: Sequence[Any]) -> Event:
+        event = parse(parts, self.unit)
+        if isinstance(event, SeriesHeader) and event.config:
+            self.unit = time_unit(event.config)
+        return event
 
 
 def _json(part: Any, what: str) -> dict:
@@ -61,8 +88,11 @@ def _int(value: Any, what: str) -> int:
         raise ValueError(f"{what} {value!r} is not a number") from None
 
 
-def parse(parts: Sequence[Any]) -> Event:
-    """The event one V1 multipart message carries; never raises."""
+def parse(parts: Sequence[Any], unit: float = _NS) -> Event:
+    """The event one V1 multipart message carries; never raises.
+
+    ``unit`` is the seconds per unit of the image times (``time_unit``).
+    """
     series: Optional[int] = None
     frame: Optional[int] = None
     try:
@@ -74,7 +104,7 @@ def parse(parts: Sequence[Any]) -> Event:
             series = _int(head["series"], "series")
         if htype.startswith("dimage-"):
             frame = _int(head.get("frame"), "frame")
-            return _image(head, parts, series, frame)
+            return _image(head, parts, series, frame, unit)
         if htype.startswith("dheader-"):
             return _header(head, parts, series)
         if htype.startswith("dseries_end-"):
@@ -109,15 +139,17 @@ def _header(head: dict, parts: Sequence[Any], series: Optional[int]) -> SeriesHe
 
 
 def _image(head: dict, parts: Sequence[Any], series: Optional[int],
-           frame: int) -> ImageMessage:
+           frame: int, unit: float) -> ImageMessage:
     if series is None:
         raise ValueError("image without a series number")
     if len(parts) < 3:
         raise ValueError(f"image message has {len(parts)} parts, expected at least 3")
     desc = _json(parts[1], "image description (dimage_d)")
     shape = desc.get("shape")
-    if not isinstance(shape, list) or len(shape) != 2:
-        raise ValueError(f"image shape {shape!r} is not [x, y]")
+    # the format allows a third element (a real EIGER 4M sends two; 1 is harmless)
+    if not isinstance(shape, list) or len(shape) not in (2, 3) \
+            or (len(shape) == 3 and _int(shape[2], "third shape element") != 1):
+        raise ValueError(f"image shape {shape!r} is not [x, y] (or [x, y, 1])")
     width, height = _int(shape[0], "width"), _int(shape[1], "height")
     try:
         dtype = np.dtype(str(desc.get("type", "")))
@@ -134,9 +166,9 @@ def _image(head: dict, parts: Sequence[Any], series: Optional[int],
     appendix = _appendix(parts[4]) if len(parts) > 4 else None
     channel = Encoded(blob, encoding, (height, width), dtype)
     return ImageMessage(series, frame, {CHANNEL: channel},
-                        start_time=seconds(times.get("start_time"), _NS),
-                        stop_time=seconds(times.get("stop_time"), _NS),
-                        real_time=seconds(times.get("real_time"), _NS),
+                        start_time=seconds(times.get("start_time"), unit),
+                        stop_time=seconds(times.get("stop_time"), unit),
+                        real_time=seconds(times.get("real_time"), unit),
                         appendix=appendix, parts=list(parts))
 
 
@@ -201,13 +233,16 @@ def encode_header(series: int, header_detail: str, config: Mapping[str, Any], *,
 
 def encode_image(series: int, frame: int, image: Encoded, *, hash: str = "",
                  times_ns: Tuple[int, int, int] = (0, 0, 0), appendix: Any = None,
-                 size: Optional[int] = None) -> List[Part]:
+                 size: Optional[int] = None, clock_ticks: bool = False) -> List[Part]:
     """The parts of one image message: ``dimage-1.0``, ``dimage_d-1.0``, the
     blob as is (zero-copy), ``dconfig-1.0`` with (start, stop, real) times in
     ns, the appendix when there is one. ``size`` overrides the announced blob
-    size (the fake DCU's corrupt-frame fault keeps the true one)."""
+    size (the fake DCU's corrupt-frame fault keeps the true one). With
+    ``clock_ticks`` the times are sent as 20 ns ticks, as EIGER1 / 1.6 does."""
     height, width = (int(n) for n in image.shape)
     start_ns, stop_ns, real_ns = times_ns
+    if clock_ticks:
+        start_ns, stop_ns, real_ns = (int(round(t * _NS / TICK)) for t in times_ns)
     parts: List[Part] = [
         _dumps({"htype": "dimage-1.0", "series": int(series), "frame": int(frame),
                 "hash": hash}),

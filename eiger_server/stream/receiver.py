@@ -59,7 +59,7 @@ class StreamReceiver:
         self.observer = observer
         self.rcvhwm = int(rcvhwm)
         self.poll_ms = int(poll_ms)
-        self._parse = stream_v1.parse if version == "V1" else stream_v2.parse
+        self._parse = stream_v1.Parser() if version == "V1" else stream_v2.parse
         self._context = context or zmq.Context.instance()
         self._stop = threading.Event()
         self._stopped = False             # stop() was called: start() does nothing

@@ -401,6 +401,20 @@ def test_bit_depth_is_read_only_but_forcible(dcu):
     assert img.max() == 0xFFFFFFFF               # masked pixels at the maximum
 
 
+def test_bit_depth_follows_count_time_on_1_8(dcu):
+    dcu.app.model.bit_depth_follows_count_time = True
+    dcu.cmd("initialize")
+    depths = []
+    for count_time in (0.01, 0.02, 0.1, 0.01):
+        dcu.set("frame_time", 0.2)
+        changed = dcu.set("count_time", count_time)
+        depths.append(dcu.get("bit_depth_image"))
+        if dcu.api == "1.8.0" and len(depths) > 1 and depths[-1] != depths[-2]:
+            assert "bit_depth_image" in changed       # a client re-reads it
+    # EIGER2: 8 bits at 10 ms, 16 at 20 ms, 32 at 100 ms; EIGER1 / 1.6 keeps 16
+    assert depths == ([8, 16, 32, 8] if dcu.api == "1.8.0" else [16, 16, 16, 16])
+
+
 @pytest.mark.parametrize("model", list(MODELS))
 def test_model_geometry_and_rate(model):
     width, height, rate = MODELS[model]
@@ -457,14 +471,15 @@ def test_fault_restart_is_a_reboot(dcu):
 # ------------------------------------------------------------------ arrays
 
 def _decode(obj: dict) -> np.ndarray:
+    # as a real DCU: shape in numpy order [height, width]
     assert obj["__darray__"] == [1, 0, 0] and obj["filters"] == ["base64"]
-    w, h = obj["shape"]
+    h, w = obj["shape"]
     return np.frombuffer(base64.b64decode(obj["data"]), dtype=obj["type"]).reshape(h, w)
 
 
 def test_pixel_mask_darray_round_trip(dcu):
     v = dcu.raw_get("pixel_mask").json()["value"]
-    assert v["type"] == "<u4" and v["shape"] == [1030, 514]
+    assert v["type"] == "<u4" and v["shape"] == [514, 1030]     # a real 500K's answer
     mask = _decode(v)
     assert np.array_equal(mask, default_pixel_mask(1030, 514))
     assert mask[100, 256] & 1                      # chip gap flagged with bit 0
@@ -481,6 +496,13 @@ def test_pixel_mask_darray_round_trip(dcu):
     ready_for_fast_frames(dcu, nimages=1)
     dcu.cmd("arm")
     assert np.array_equal(dcu.sink.starts[0].pixel_mask, new)
+    # A DCU takes the shape in either order when it matches the detector.
+    dcu.cmd("disarm")
+    other = new.copy()
+    other[0, :7] |= 4
+    changed = dcu.set("pixel_mask", dict(body, shape=[514, 1030],
+                                         data=base64.b64encode(other.tobytes()).decode()))
+    assert np.array_equal(_decode(dcu.get("pixel_mask")), other)
 
     wrong = dict(body, shape=[514, 1030 // 2], data=base64.b64encode(new[:, :515].tobytes()).decode())
     r = dcu.put("pixel_mask", wrong, expect=400)
@@ -501,6 +523,9 @@ def test_data_files_are_served_and_deleted(dcu):
     store = dcu.app.model.filestore
     assert wait_for(lambda: any(n.endswith("_master.h5") for n in store.list_files()), 10)
     names = store.list_files()
+    # both versions document GET /filewriter/api/<v>/files/
+    listed = requests.get(f"{dcu.base}/filewriter/api/{dcu.api}/files/", timeout=5)
+    assert listed.status_code == 200 and listed.json() == names
     for name in names:
         r = requests.get(f"{dcu.base}/data/{name}", timeout=10)
         assert r.status_code == 200
@@ -515,7 +540,18 @@ def test_data_files_are_served_and_deleted(dcu):
 def test_monitor_images(dcu18):
     dcu = dcu18
     base = f"{dcu.base}/monitor/api/1.8.0/images"
-    assert requests.get(f"{base}/monitor", timeout=5).status_code == 404
+    # real 1.8 defaults: disabled, 100 images, a full buffer keeps its first ones
+    assert dcu.get("mode", subsystem="monitor") == "disabled"
+    assert dcu.get("buffer_size", subsystem="monitor") == 100
+    assert dcu.get("discard_new", subsystem="monitor") is True
+    keys = requests.get(f"{dcu.base}/monitor/api/1.8.0/status/keys", timeout=5).json()
+    assert "buffer_free" in keys and "next_image_number" not in keys
+    dcu.put("mode", "enabled", subsystem="monitor")
+    # no image: the DCU waits 500 ms (or ?timeout= ms) and answers 408
+    began = time.monotonic()
+    assert requests.get(f"{base}/monitor", timeout=5).status_code == 408
+    assert time.monotonic() - began >= 0.45
+    assert requests.get(f"{base}/next?timeout=50", timeout=5).status_code == 408
     ready_for_fast_frames(dcu, nimages=3)
     dcu.cmd("arm")
     dcu.cmd("trigger")
@@ -526,6 +562,9 @@ def test_monitor_images(dcu18):
         assert r.content[:4] == b"II*\x00"
     assert requests.get(base, timeout=5).json() == [[1, [1, 2]]]
     assert requests.get(f"{base}/7/7", timeout=5).status_code == 404
+    assert requests.get(f"{base}/1/2/1", timeout=5).status_code == 200
+    assert requests.get(f"{base}/monitor/1", timeout=5).status_code == 404   # no such path
+    assert dcu.get("buffer_free", "status", "monitor") == 100 - 2
 
 
 # -------------------------------------------------------------- command line

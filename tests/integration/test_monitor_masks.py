@@ -68,8 +68,14 @@ def test_monitor_images_save_and_pop(controller, fake_dcu, tmp_path):
         ctrl.get("monitor_save_threshold")
     ctrl.get("monitor_pop")
     ctrl.get("monitor_pop")
-    with pytest.raises(DataError, match="the oldest monitor image is not available: the monitor buffer is empty"):
+    # An empty monitor makes the DCU answer HTTP 408 after 500 ms: a clear error.
+    with pytest.raises(DataError, match="the oldest monitor image is not available: the "
+                                        "monitor holds no such image"):
         ctrl.get("monitor_pop")
+    # The latest image of one threshold is asked by series and id, never images/monitor/<n>.
+    paths = [entry[1] for entry in list(app.http.request_log) if "/images/" in entry[1]]
+    assert f"/monitor/api/1.8.0/images/{seqid}/2/1" in paths
+    assert not [p for p in paths if "/images/monitor/" in p]
 
 
 @pytest.mark.parametrize("api", ["1.6.0"])
@@ -190,3 +196,55 @@ def test_collection_mode_is_refused_clearly(controller):
     for name in ("collection_start", "collection_get", "is_collecting"):
         with pytest.raises(NotSupported, match="collection mode is not supported"):
             controller.get(name)
+
+
+# -- per-threshold masks (SIMPLON 1.8) ----------------------------------------------
+@pytest.mark.parametrize("api", ["1.8.0"])
+def test_pixelmask_reaches_every_threshold_on_1_8(controller, fake_dcu, tmp_path):
+    ctrl, data = controller, tmp_path / "data"
+    mask = dcu_array(ctrl, "threshold/1/pixel_mask")
+    mask[5, 9] |= 16
+    np.save(data / "both.npy", mask)
+    before = len(fake_dcu.http.request_log)
+    answer = ctrl.get("pixelmask_load", ["both"])
+    # without a threshold: every threshold's mask, and the answer says so
+    assert "into thresholds 1, 2 (each one's mask)" in answer
+    assert "armed and disarmed once" in answer
+    for key in ("pixel_mask", "threshold/1/pixel_mask", "threshold/2/pixel_mask"):
+        np.testing.assert_array_equal(dcu_array(ctrl, key), mask)
+    asked = [(m, p) for m, p, _ in list(fake_dcu.http.request_log)[before:]]
+    commands = [p.rsplit("/", 1)[1] for m, p in asked if "/command/" in p]
+    assert commands == ["arm", "disarm"]
+    assert ctrl.get("state") == "idle"
+
+    other = mask.copy()
+    other[7, 7] |= 2
+    np.save(data / "two.npy", other)
+    assert "into threshold 2 (its mask)" in ctrl.get("pixelmask_load", ["2", "two"])
+    np.testing.assert_array_equal(dcu_array(ctrl, "threshold/1/pixel_mask"), mask)
+    np.testing.assert_array_equal(dcu_array(ctrl, "threshold/2/pixel_mask"), other)
+    # save: threshold 1's by default (the pixel_mask), a given threshold's on request
+    np.testing.assert_array_equal(np.load(ctrl.get("pixelmask_save", ["one"])), mask)
+    np.testing.assert_array_equal(np.load(ctrl.get("pixelmask_save", ["2 second"])), other)
+    with pytest.raises(ParameterError, match="threshold 3 has no pixel mask of its own"):
+        ctrl.get("pixelmask_save", ["3", "x"])
+
+
+@pytest.mark.parametrize("api", ["1.6.0"])
+def test_pixelmask_threshold_on_1_6_is_refused_clearly(controller):
+    with pytest.raises(ParameterError, match="SIMPLON 1.6.0 has one mask"):
+        controller.get("pixelmask_save", ["2", "x"])
+    assert "into the pixel mask" in controller.get(
+        "pixelmask_load", [controller.get("pixelmask_save", ["m"])])
+
+
+# -- stream initialize (SIMPLON 1.8 leaves the stream disabled) -------------------------
+@pytest.mark.parametrize("api", ["1.6.0", "1.8.0"])
+def test_stream_initialize_leaves_the_1_8_stream_disabled(controller, fake_dcu):
+    controller.set("stream_mode", ["1"])
+    assert controller.get("stream_mode") == "1"
+    controller.set("stream_initialize")
+    expected = "0" if fake_dcu.model.api == "1.8.0" else "1"
+    assert controller.get("stream_mode") == expected
+    assert fake_dcu.model.config_value("stream", "mode") == (
+        "disabled" if expected == "0" else "enabled")

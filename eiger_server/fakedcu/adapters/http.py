@@ -6,8 +6,10 @@ Routes (``<v>`` must be the model's API version):
 * ``GET|PUT /<subsystem>/api/<v>/<task>/<name with slashes>``,
   ``GET /<subsystem>/api/<v>/<task>/keys``
 * ``GET|HEAD|DELETE /data/<name>`` (files of the file writer), ``GET /data/``
-* ``GET /monitor/api/<v>/images``, ``images/monitor[/<threshold>]``,
-  ``images/next``, ``images/<series>/<id>[/<threshold>]`` (TIFF)
+* ``GET /monitor/api/<v>/images``, ``images/monitor``, ``images/next``,
+  ``images/<series>/<id>[/<threshold>]`` (TIFF; no other path). With no image
+  the request waits ``?timeout=`` ms (default 500) and answers 408, as a DCU does.
+* ``GET /filewriter/api/<v>/files/`` (the list of files, as status/files)
 * fake-only controls: ``PUT /fake/trigger`` ``{"value": x}``, ``PUT /fake/set``
   ``{"subsystem", "task", "name", "value"}``, ``GET|PUT /fake/faults``,
   ``PUT /fake/restart``, ``GET /fake/state``
@@ -29,8 +31,8 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Deque, Dict, List, Optional, Tuple
-from urllib.parse import unquote, urlsplit
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 
@@ -293,6 +295,11 @@ class DCURequestHandler(BaseHTTPRequestHandler):
             if parts[3] == "images" and subsystem == "monitor":
                 self._images(method, parts[4:])
                 return
+            if parts[3] == "files" and subsystem == "filewriter" and len(parts) == 4:
+                self._apply_faults("files")
+                self._need(method, ("GET", "HEAD"))
+                self._send_json(self.server.files.list_files())
+                return
             task = parts[3]
             name = "/".join(parts[4:])
             self._apply_faults(name or task)
@@ -326,7 +333,7 @@ class DCURequestHandler(BaseHTTPRequestHandler):
                 d = model.definition(subsystem, task, name)
                 if d.access_mode != "r":    # read-only: the model refuses before decoding
                     body = dict(body, value=self._array(subsystem, name, d.darray,
-                                                        body["value"]))
+                                                        body["value"], model.pixels()))
             answer = model.put(subsystem, task, name, body)
             if answer is None:
                 self._send(200)
@@ -336,12 +343,14 @@ class DCURequestHandler(BaseHTTPRequestHandler):
             self._need(method, ("GET", "PUT"))
 
     @staticmethod
-    def _array(subsystem: str, name: str, darray: Optional[str], value: Any) -> Any:
-        """A PUT value as the model takes it: darray JSON decoded for array names."""
+    def _array(subsystem: str, name: str, darray: Optional[str], value: Any,
+               pixels: Tuple[int, int]) -> Any:
+        """A PUT value as the model takes it: darray JSON decoded for array names
+        (a real DCU takes the shape in either order when it matches the detector)."""
         if darray is None:
             return value
         try:
-            return decode_darray(value)
+            return decode_darray(value, pixels)
         except ValueError as exc:
             raise FakeDCUError(400, f"{subsystem}/config/{name}: {exc}") from None
 
@@ -390,11 +399,10 @@ class DCURequestHandler(BaseHTTPRequestHandler):
             if not rest:
                 self._send_json(store.image_list())
                 return
-            if rest[0] == "monitor" and len(rest) <= 2:
-                blob = store.latest_tiff(_int(rest[1], "threshold") if len(rest) == 2 else None)
-            elif rest[0] == "next" and len(rest) == 1:
-                blob = store.pop_tiff()
-            elif len(rest) in (2, 3):
+            if rest[0] in ("monitor", "next") and len(rest) == 1:
+                blob = self._wait_image(store.latest_tiff if rest[0] == "monitor"
+                                        else store.pop_tiff)
+            elif len(rest) in (2, 3) and rest[0] not in ("monitor", "next"):
                 blob = store.get_tiff(_int(rest[0], "series"), _int(rest[1], "image id"),
                                       _int(rest[2], "threshold") if len(rest) == 3 else None)
             else:
@@ -405,6 +413,23 @@ class DCURequestHandler(BaseHTTPRequestHandler):
         except ValueError as exc:
             raise FakeDCUError(400, str(exc)) from None
         self._send(200, blob, "application/tiff")
+
+    def _wait_image(self, take: Callable[[], bytes]) -> bytes:
+        """``take()`` once an image is there; 408 after ``?timeout=`` ms (500)."""
+        query = parse_qs(urlsplit(self.path).query)
+        try:
+            timeout = float(query.get("timeout", ["500"])[0]) / 1000.0
+        except ValueError:
+            raise FakeDCUError(400, "monitor images: timeout must be a number of "
+                                    "milliseconds") from None
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            try:
+                return take()
+            except KeyError:
+                if time.monotonic() >= deadline:
+                    raise FakeDCUError(408, "Request Timeout: no monitor image") from None
+                time.sleep(0.02)
 
     # ----------------------------------------------------- fake controls
     def _fake(self, method: str, rest: List[str]) -> None:
@@ -436,7 +461,8 @@ class DCURequestHandler(BaseHTTPRequestHandler):
             value = body["value"]
             if task == "config":
                 value = self._array(subsystem, name,
-                                    model.definition(subsystem, task, name).darray, value)
+                                    model.definition(subsystem, task, name).darray, value,
+                                    model.pixels())
             self._send_json(model.force(subsystem, task, name, value))
         elif what == "faults":
             faults.update(body if body is not None else {})

@@ -426,7 +426,7 @@ class StreamV1Adapter(_StreamAdapter):
         parts = stream_v1.encode_image(
             series_no, index, image, hash=digest, size=size,
             times_ns=(frame.start_time_ns, frame.stop_time_ns, frame.real_time_ns),
-            appendix=cfg.image_appendix)
+            appendix=cfg.image_appendix, clock_ticks=start.api.startswith("1.6"))
         for _ in range(copies):
             if not self._send(parts):
                 return

@@ -35,6 +35,10 @@ MODULE_GAP = (12, 38)
 HC_KEV_ANGSTROM = 12.3984198   # E[keV] * lambda[A]
 HC_EV_ANGSTROM = 12398.4198    # E[eV] * lambda[A]
 READOUT_TIME = 1e-7            # s, EIGER2 dead time between frames
+# EIGER2 (SIMPLON 1.8) picks bit_depth_image from the count time: one
+# detector gives 8 bits at 10 ms, 16 at 20 ms, 32 at 100 ms. (count time
+# below which, bits)
+BIT_DEPTH_BY_COUNT_TIME: Tuple[Tuple[float, int], ...] = ((0.015, 8), (0.06, 16))
 PIXEL_SIZE = 75e-6             # m
 PHOTON_ENERGY_RANGE = (2000.0, 100000.0)   # eV
 THRESHOLD_RANGE = (1000.0, 100000.0)       # eV
@@ -100,13 +104,13 @@ _DEFINITIONS: Dict[Tuple[str, str], List[ParamDef]] = {
         _p("counting_mode", "string", "rw", "normal", allowed=["normal", "retrigger"],
            versions=V18),
         _p("countrate_correction_applied", "bool", "rw", True),
-        _p("countrate_correction_count_cutoff", "uint", "rw", 65000, min=0,
+        _p("countrate_correction_count_cutoff", "uint", "r", 65000, min=0,
            max=4294967294, unit="counts"),
         _p("countrate_correction_table", "float", "r", None, darray="<f4"),
         _p("data_collection_date", "date", "r", ""),
         _p("description", "string", "r", ""),
         _p("detector_distance", "float", "rw", 0.1, min=0.0, max=100.0, unit="m"),
-        _p("detector_number", "string", "rw", "E-32-0000"),
+        _p("detector_number", "string", "r", "E-32-0000"),
         _p("detector_readout_time", "float", "r", READOUT_TIME, unit="s"),
         _p("element", "string", "rw", "", allowed=[""] + sorted(ELEMENT_ENERGY)),
         _p("flatfield", "float", "rw", None, darray="<f4"),
@@ -115,7 +119,7 @@ _DEFINITIONS: Dict[Tuple[str, str], List[ParamDef]] = {
         _p("nframes_sum", "uint", "r", 1),
         _p("nimages", "uint", "rw", 1, min=1, max=2000000000),
         _p("ntrigger", "uint", "rw", 1, min=1, max=1000000),
-        _p("number_of_excluded_pixels", "uint", "rw", 0, min=0),
+        _p("number_of_excluded_pixels", "uint", "r", 0, min=0),
         _p("photon_energy", "float", "rw", DEFAULT_PHOTON_ENERGY,
            min=PHOTON_ENERGY_RANGE[0], max=PHOTON_ENERGY_RANGE[1], unit="eV"),
         _p("pixel_mask", "uint", "rw", None, darray="<u4"),
@@ -129,14 +133,16 @@ _DEFINITIONS: Dict[Tuple[str, str], List[ParamDef]] = {
         _p("threshold/1/energy", "float", "rw", DEFAULT_PHOTON_ENERGY / 2,
            min=THRESHOLD_RANGE[0], max=THRESHOLD_RANGE[1], unit="eV", versions=V18),
         _p("threshold/1/mode", "string", "rw", "enabled", allowed=ENABLED, versions=V18),
+        _p("threshold/1/pixel_mask", "uint", "rw", None, darray="<u4", versions=V18),
         _p("threshold/2/energy", "float", "rw", DEFAULT_PHOTON_ENERGY * 0.75,
            min=THRESHOLD_RANGE[0], max=THRESHOLD_RANGE[1], unit="eV", versions=V18),
         _p("threshold/2/mode", "string", "rw", "disabled", allowed=ENABLED, versions=V18),
+        _p("threshold/2/pixel_mask", "uint", "rw", None, darray="<u4", versions=V18),
         _p("threshold/difference/mode", "string", "rw", "disabled", allowed=ENABLED,
            versions=V18),
-        _p("threshold/difference/lower_threshold", "uint", "rw", 1, min=1, max=2,
+        _p("threshold/difference/lower_threshold", "uint", "r", 1, min=1, max=2,
            versions=V18),
-        _p("threshold/difference/upper_threshold", "uint", "rw", 2, min=1, max=2,
+        _p("threshold/difference/upper_threshold", "uint", "r", 2, min=1, max=2,
            versions=V18),
         _p("trigger_mode", "string", "rw", "ints", allowed=["ints", "inte", "exts", "exte"]),
         _p("trigger_start_delay", "float", "rw", 0.0, min=0.0, max=100.0, unit="s",
@@ -158,10 +164,10 @@ _DEFINITIONS: Dict[Tuple[str, str], List[ParamDef]] = {
         _p("builder/dcu_buffer_free", "float", "r", 100.0, unit="%", versions=V16),
         _p("temperature", "float", "r", 31.5, unit="degC", versions=V18),
         _p("humidity", "float", "r", 7.5, unit="%", versions=V18),
-        _p("link_0", "string", "r", "up", allowed=["up", "down"], versions=V18),
-        _p("link_1", "string", "r", "up", allowed=["up", "down"], versions=V18),
-        _p("link_2", "string", "r", "up", allowed=["up", "down"], versions=V18),
-        _p("link_3", "string", "r", "up", allowed=["up", "down"], versions=V18),
+        _p("link_0", "string", "r", "up", allowed=["up", "down"]),
+        _p("link_1", "string", "r", "up", allowed=["up", "down"]),
+        _p("link_2", "string", "r", "up", allowed=["up", "down"]),
+        _p("link_3", "string", "r", "up", allowed=["up", "down"]),
         _p("series_unique_id", "string", "r", "", versions=V18),
     ],
     ("detector", "command"): [
@@ -197,17 +203,17 @@ _DEFINITIONS: Dict[Tuple[str, str], List[ParamDef]] = {
     ],
     ("stream", "command"): [_p("initialize", "command", "w")],
     ("monitor", "config"): [
-        _p("mode", "string", "rw", "enabled", allowed=ENABLED, versions=V18),
-        _p("buffer_size", "uint", "rw", 10, min=1, max=1000, versions=V18),
-        _p("discard_new", "bool", "rw", False, versions=V18),
+        # the real 1.8 defaults: a full buffer keeps its first images
+        _p("mode", "string", "rw", "disabled", allowed=ENABLED, versions=V18),
+        _p("buffer_size", "uint", "rw", 100, min=1, max=1000, versions=V18),
+        _p("discard_new", "bool", "rw", True, versions=V18),
     ],
     ("monitor", "status"): [
         _p("state", "string", "r", "ready", versions=V18),
         _p("error", "string[]", "r", [], versions=V18),
         _p("buffer_fill_level", "int[]", "r", [0, 10], versions=V18),
         _p("dropped", "uint", "r", 0, versions=V18),
-        _p("next_image_number", "uint", "r", 0, versions=V18),
-        _p("monitor_image_number", "uint", "r", 0, versions=V18),
+        _p("buffer_free", "uint", "r", 100, versions=V18),
     ],
     ("monitor", "command"): [_p("clear", "command", "w", versions=V18),
                              _p("initialize", "command", "w", versions=V18)],

@@ -37,7 +37,7 @@ from eiger_server.fakedcu.device.states import (Event, IllegalCommand, State, al
                                                 next_state, refusal)
 from eiger_server.fakedcu.device.profiles import Profile, profile_named
 from eiger_server.fakedcu.device.definitions import (ELEMENT_ENERGY, HC_EV_ANGSTROM, MODELS, PHOTON_ENERGY_RANGE,
-                     READOUT_TIME, SUBSYSTEM_VERSIONS, API_VERSIONS, ParamDef,
+                     READOUT_TIME, BIT_DEPTH_BY_COUNT_TIME, SUBSYSTEM_VERSIONS, API_VERSIONS, ParamDef,
                      all_definitions, parameter_table)
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,10 @@ class FakeDCU:
         self._sinks: Tuple[FrameSink, ...] = ()
         self._engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fakedcu-engine")
         self._closed = False
+        # EIGER2 / 1.8 behaviour (bit depth from the count time); off unless
+        # asked, as most tests compare 16-bit frames at sub-10 ms count times
+        self.bit_depth_follows_count_time = self.profile.bit_depth_follows_count_time
+        self._bit_depth_pinned = False
         self._reset_values()
 
     def attach_stores(self, filestore: FileStore, monitorstore: MonitorImages) -> None:
@@ -196,6 +200,7 @@ class FakeDCU:
             det["data_collection_date"] = _now_iso()
             self._set_geometry(self.detector_model)
             det["nframes_sum"] = self._nframes_sum(det["count_time"])
+            self._bit_depth_pinned = False
 
     def _set_geometry(self, model: str) -> None:
         """Image size, factory mask, flatfield and count-rate table of ``model``."""
@@ -204,9 +209,19 @@ class FakeDCU:
         det["x_pixels_in_detector"] = width
         det["y_pixels_in_detector"] = height
         det["pixel_mask"] = default_pixel_mask(width, height)
+        # 1.8: each threshold has its own mask; pixel_mask is threshold 1's
+        for n in (1, 2):
+            if f"threshold/{n}/pixel_mask" in det:
+                det[f"threshold/{n}/pixel_mask"] = det["pixel_mask"].copy()
         det["flatfield"] = np.ones((height, width), dtype=np.float32)
         det["countrate_correction_table"] = _COUNTRATE_TABLE
         det["number_of_excluded_pixels"] = int(np.count_nonzero(det["pixel_mask"]))
+
+    def pixels(self) -> Tuple[int, int]:
+        """The detector's (height, width) now (roi_mode may change it)."""
+        with self._lock:
+            det = self._values["detector"]
+            return int(det["y_pixels_in_detector"]), int(det["x_pixels_in_detector"])
 
     def _nframes_sum(self, count_time: float) -> int:
         rate = MODELS[self.detector_model][2]
@@ -451,10 +466,12 @@ class FakeDCU:
             if det["frame_time"] < value + ro:
                 det["frame_time"] = value + ro
             det["nframes_sum"] = self._nframes_sum(value)
+            self._bit_depth_follows(value)
         elif name == "frame_time":
             if det["count_time"] > value - ro:
                 det["count_time"] = value - ro
                 det["nframes_sum"] = self._nframes_sum(det["count_time"])
+                self._bit_depth_follows(det["count_time"])
         elif name == "photon_energy":
             det["element"] = ""
             self._energy_follows(value)
@@ -475,8 +492,25 @@ class FakeDCU:
             det["threshold_energy"] = value
         elif name == "roi_mode":
             self._set_geometry("4M" if value == "4M" else self.detector_model)
-        elif name == "pixel_mask":
+        elif name in ("pixel_mask", "threshold/1/pixel_mask"):
+            if "threshold/1/pixel_mask" in det:
+                det["pixel_mask"] = det["threshold/1/pixel_mask"] = value
             det["number_of_excluded_pixels"] = int(np.count_nonzero(value))
+
+    def _bit_depth_follows(self, count_time: float) -> None:
+        """EIGER2 / 1.8: the image bit depth follows the count time (on a PUT;
+        the values after a reset stay the DCU's own defaults). A bit depth set
+        through ``force`` (``/fake/set``) stays until the next reset: a test
+        that chooses the depth gets it whatever the count time."""
+        if not self.bit_depth_follows_count_time or self.api.startswith("1.6") \
+                or self._bit_depth_pinned:
+            return
+        depth = 32
+        for below, bits in BIT_DEPTH_BY_COUNT_TIME:
+            if count_time < below:
+                depth = bits
+                break
+        self._values["detector"]["bit_depth_image"] = depth
 
     def _energy_follows(self, energy: float, wavelength: Optional[float] = None) -> None:
         """Wavelength and threshold(s) after a photon energy change."""
@@ -499,6 +533,8 @@ class FakeDCU:
             raise FakeDCUError(400, f"{subsystem}/command/{name} is a command, not a value")
         if task == "config":
             value = self._coerce(subsystem, d, value, check_limits=False)
+            if subsystem == "detector" and name == "bit_depth_image":
+                self._bit_depth_pinned = True
             return self._set_config(subsystem, name, value)
         with self._lock:
             if subsystem == "detector" and name == "state":
@@ -542,6 +578,9 @@ class FakeDCU:
             elif subsystem == "monitor" and self.monitorstore is not None:
                 self.monitorstore.command(name)
             elif subsystem == "stream":
+                if name == "initialize" and not self.api.startswith("1.6"):
+                    with self._lock:        # as 1.8 does: the stream is disabled afterwards
+                        self._values["stream"]["mode"] = "disabled"
                 for a in list(self.stream_adapters):
                     if hasattr(a, "command"):
                         a.command(name)

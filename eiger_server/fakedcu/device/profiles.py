@@ -42,6 +42,9 @@ class Profile:
       last image (for the stream and the file writer) leaves only at
       ``disarm`` or ``cancel``.
     * ``api``: the SIMPLON version the profile describes (None: any).
+    * ``bit_depth_follows_count_time``: EIGER2 on 1.8 picks ``bit_depth_image``
+      from the count time (8/16/32-bit at 10/20/100 ms) and lists it among a
+      ``count_time`` PUT's changed names.
     * ``files``: the FileWriter, ``initialize`` and ``restart`` behaviour, a
       preset of ``filewriter_profile.PRESETS`` (``FakeDCUApp(files_profile=)``
       and ``--files-profile`` override it).
@@ -55,6 +58,7 @@ class Profile:
     last_image_at_disarm: bool = False
     api: Optional[str] = None
     files: str = "simple"
+    bit_depth_follows_count_time: bool = False
 
     def __post_init__(self) -> None:
         if self.trigger_returns not in TRIGGER_RETURNS:
@@ -84,7 +88,8 @@ PROFILES: Dict[str, Profile] = {p.name: p for p in (
     # follows a little later, one image per inte/exte trigger, every complete
     # series disarms itself.
     Profile("simplon-1.8-real", trigger_returns="after_exposure", stream_latency=0.05,
-            one_image_per_trigger=True, auto_disarm="always", api="1.8.0", files="dectris"),
+            one_image_per_trigger=True, auto_disarm="always", api="1.8.0", files="dectris",
+            bit_depth_follows_count_time=True),
     # An EIGER1 DCU on 1.6: only ints series end by themselves; in the other
     # modes the last image and file come out at disarm.
     Profile("simplon-1.6-real", trigger_returns="after_exposure", stream_latency=0.05,

@@ -6,6 +6,10 @@
   capture directory (one zmq message per ``*.cbor`` file).
 * :func:`push_capture` sends such a directory, byte for byte, on a PUSH
   socket, optionally after a start message synthesized from the images.
+* :func:`v1_session` groups a recorded Stream V1 session (one ``part_NN``
+  file per zmq message part) into its multipart messages, filling empty
+  array parts with arrays of the announced shape and type;
+  :func:`push_v1_session` sends them on a PUSH socket.
 * :class:`PrecompressedCache` compresses a few frames once and hands them
   out again as ``Frame.encoded`` blobs, for "as fast as ZeroMQ allows" runs.
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import bisect
 import collections
 import datetime as _dt
+import json
 import logging
 import os
 from pathlib import Path
@@ -40,6 +45,8 @@ __all__ = [
     "capture_files",
     "decode_message",
     "synthesize_start",
+    "v1_session",
+    "push_v1_session",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -342,6 +349,92 @@ def push_capture(directory: PathLike, endpoint: str, *, bind: bool = True,
     finally:
         sock.close(linger=linger_ms)
         context.term()   # waits until queued messages are delivered (or linger ends)
+    return len(messages)
+
+
+# ====================================================== Stream V1 sessions
+_V1_MESSAGE_STARTS = ("dheader-", "dimage-", "dseries_end-")
+
+
+def _htype(part: bytes) -> str:
+    if not part.startswith(b"{") or len(part) > 65536:
+        return ""
+    try:
+        value = json.loads(part)
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    return str(value.get("htype", "")) if isinstance(value, dict) else ""
+
+
+def v1_session(directory: PathLike, *, flatfield: Optional[np.ndarray] = None,
+               pixel_mask: Optional[np.ndarray] = None) -> List[List[bytes]]:
+    """The multipart messages of a recorded V1 session, in order.
+
+    A part whose ``htype`` is ``dheader-``, ``dimage-`` or ``dseries_end-``
+    starts a message; every other part belongs to the one before. An empty
+    array part after a ``dflatfield``/``dpixelmask`` header is filled with
+    ``flatfield``/``pixel_mask`` (default ones / zeros of the announced
+    ``[x, y]`` shape and type), as a replay of published data must.
+    """
+    files = sorted(Path(directory).glob("part_*"), key=lambda p: int(p.name.split("_")[1]))
+    if not files:
+        raise FileNotFoundError(f"no part_NN files in {directory}")
+    messages: List[List[bytes]] = []
+    announced: Optional[Dict[str, Any]] = None
+    for path in files:
+        part = path.read_bytes()
+        htype = _htype(part)
+        if not part and announced is not None:
+            part = _filled(announced, flatfield, pixel_mask)
+        announced = json.loads(part) if htype in ("dflatfield-1.0", "dpixelmask-1.0") else None
+        if htype.startswith(_V1_MESSAGE_STARTS) and not htype.startswith("dimage_d"):
+            messages.append([part])
+        elif messages:
+            messages[-1].append(part)
+        else:
+            raise ValueError(f"{path}: the session does not start with a message header")
+    return messages
+
+
+def _filled(header: Dict[str, Any], flatfield: Optional[np.ndarray],
+            pixel_mask: Optional[np.ndarray]) -> bytes:
+    width, height = (int(n) for n in header["shape"][:2])
+    dtype = np.dtype(str(header["type"])).newbyteorder("<")
+    given = flatfield if header["htype"].startswith("dflatfield") else pixel_mask
+    if given is None:
+        given = (np.ones if header["htype"].startswith("dflatfield") else np.zeros)(
+            (height, width), dtype)
+    array = np.ascontiguousarray(given, dtype=dtype)
+    if array.shape != (height, width):
+        raise ValueError(f"{header['htype']}: the array given is {array.shape}, the header "
+                         f"announces (y, x) = {(height, width)}")
+    return array.tobytes()
+
+
+def push_v1_session(messages: Sequence[Sequence[bytes]], endpoint: str, *,
+                    bind: bool = True, timeout: float = 10.0) -> int:
+    """Send V1 multipart ``messages`` on a PUSH socket; the number sent.
+
+    Raises TimeoutError when no receiver takes a message within ``timeout``.
+    """
+    linger_ms = int(timeout * 1000)
+    context = zmq.Context()
+    sock = context.socket(zmq.PUSH)
+    try:
+        sock.setsockopt(zmq.SNDTIMEO, linger_ms)
+        if bind:
+            sock.bind(endpoint)
+        else:
+            sock.connect(endpoint)
+        for n, message in enumerate(messages):
+            try:
+                sock.send_multipart(list(message), copy=False)
+            except zmq.Again:
+                raise TimeoutError(f"push_v1_session: no receiver took message {n} on "
+                                   f"{endpoint} within {timeout} s") from None
+    finally:
+        sock.close(linger=linger_ms)
+        context.term()
     return len(messages)
 
 

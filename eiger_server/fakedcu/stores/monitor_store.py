@@ -12,12 +12,12 @@ Status values (:meth:`MonitorStore.status`):
 * ``buffer_fill_level``: ``[images held, buffer_size]``.
 * ``dropped``: images refused because the buffer was full and ``discard_new``
   was set (images pushed out by newer ones are not counted).
-* ``next_image_number``: image id (0-based, as in the series) that
-  ``images/next`` would return; 0 when the buffer is empty (the value is a
-  ``uint``: look at ``buffer_fill_level`` to tell the cases apart).
-* ``monitor_image_number``: image id that ``images/monitor`` returns (the last
-  image received, held even when ``discard_new`` kept it out of the buffer);
-  0 before any image.
+* ``buffer_free``: images the buffer can still take (1.8; the
+  ``next_image_number``/``monitor_image_number`` of 1.6 are not served, as
+  the fake's monitor is 1.8 only).
+
+The defaults are the real 1.8 ones: disabled, 100 images, ``discard_new``
+true (a full buffer keeps its first images).
 
 ``threshold`` n in the image requests selects channel n-1 of the series'
 channel list (1 = threshold_1, 2 = threshold_2, 3 = difference when present);
@@ -39,7 +39,7 @@ from eiger_server.fakedcu.interfaces import ConfigSource, Frame, SeriesEnd, Seri
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUFFER_SIZE = 10
+DEFAULT_BUFFER_SIZE = 100
 
 
 @dataclass
@@ -63,7 +63,7 @@ class MonitorStore:
         self._active_series: Optional[int] = None
         self._channels: List[str] = []
         self._capacity = DEFAULT_BUFFER_SIZE
-        self._discard_new = False
+        self._discard_new = True
         self._acquiring = False
 
     # ------------------------------------------------------------------ settings
@@ -85,7 +85,7 @@ class MonitorStore:
             capacity = int(self._config("buffer_size", DEFAULT_BUFFER_SIZE))
         except (TypeError, ValueError):
             capacity = DEFAULT_BUFFER_SIZE
-        discard = self._config("discard_new", False)
+        discard = self._config("discard_new", True)
         if isinstance(discard, str):
             discard = discard.strip().lower() in ("true", "1", "yes")
         with self._lock:
@@ -140,14 +140,12 @@ class MonitorStore:
                 state = "acquire"
             else:
                 state = "ready"
-            oldest = next(iter(self._buffer.values()), None)
             return {
                 "state": state,
                 "error": [],
                 "buffer_fill_level": [len(self._buffer), self._capacity],
                 "dropped": self._dropped,
-                "next_image_number": oldest.image_id if oldest else 0,
-                "monitor_image_number": self._latest.image_id if self._latest else 0,
+                "buffer_free": max(0, self._capacity - len(self._buffer)),
             }
 
     def command(self, name: str, body: Any = None) -> None:
