@@ -37,7 +37,7 @@ from eiger_server.app.options import ServerOptions
 from eiger_server.control.bindings import component
 from eiger_server.control.interfaces import DetectorConfig, FileSettings
 from eiger_server.simplon.rest import SimplonClient
-from eiger_server.stream import imageproc
+from eiger_server.stream import imageproc, roi_stage
 from eiger_server.storage import paths
 from eiger_server.storage.hdf5raw import DEFAULT_IMAGES_PER_FILE, Hdf5RawWriter
 from eiger_server.formats.decode import DecodeError
@@ -62,7 +62,8 @@ SAVE_MODES = ("TIFF", "HDF5RAW")
 class _Job:
     """One image on its way through the pipeline."""
 
-    __slots__ = ("event", "seq", "gen", "meta", "result", "failed", "done", "skippable")
+    __slots__ = ("event", "seq", "gen", "meta", "result", "failed", "done", "skippable",
+                 "rois")
 
     def __init__(self, event: ImageMessage, seq: int, gen: int, meta: Dict[str, Any]) -> None:
         self.event: Optional[ImageMessage] = event
@@ -75,6 +76,8 @@ class _Job:
         # True when nothing needs this image's pixels unless it is the newest:
         # a worker finding newer images queued counts it without decoding.
         self.skippable = False
+        # ROI-only count: the ROIs whose sums the decode stage takes from their rows
+        self.rois: List[Tuple[int, int, int, int]] = []
 
 
 @component
@@ -144,6 +147,10 @@ class StreamHandler:
         self._latest_seq = -1
         self._delivered: Optional[Tuple[tuple, ImageResult]] = None
         self._stats: Dict[tuple, Any] = {}
+        # ROI-only counts (roi_stage): spec asked for more than ROI sums since
+        # the last count began (read, sum, maxval, save), so decode whole images
+        self._full_asked = True
+        self._roi_only = False
         # counters and errors
         self.decode_failures = 0
         self.unsaved = 0
@@ -180,6 +187,8 @@ class StreamHandler:
             self.accumulate = bool(accumulate)
             self._accumulator = imageproc.Accumulator(self._expected) if accumulate else None
             self._count_meta = meta
+            self._roi_only = not self._full_asked
+            self._full_asked = False
             self._cond.notify_all()
         if self.enabled():
             self._ensure_receiver()
@@ -200,8 +209,14 @@ class StreamHandler:
         with self._lock:
             return self._collected
 
+    def has_image(self) -> bool:
+        """True once there is a latest image (without decoding it)."""
+        with self._lock:
+            return self._latest is not None
+
     def latest(self) -> Optional[ImageResult]:
         """The latest image with ``data`` as spec reads it (oriented, filtered)."""
+        self._full_asked = True
         return self._latest_delivered()[1]
 
     def _latest_delivered(self) -> Tuple[tuple, Optional[ImageResult]]:
@@ -213,6 +228,7 @@ class StreamHandler:
             cached = self._delivered
         if result is None:
             return key, None
+        result = self._complete(result)
         if cached is not None and cached[0] == key:
             return key, cached[1]
         rotation, flipv, fliph, low, high = key[1:]
@@ -507,8 +523,10 @@ class StreamHandler:
         base = self._user_path(with_suffix(name), "save") if name else ""
         with self._lock:
             result = self._latest
+            self._full_asked = True
         if result is None:
             raise DataError("save: no image yet; take one with the stream enabled")
+        result = self._complete(result)
         if not base:
             base = self._user_path(with_suffix(self._prefix_for(result.series)), "save")
         channels = result.channels or {"image": result.raw}
@@ -641,6 +659,10 @@ class StreamHandler:
             # image may be counted without decoding when newer ones wait.
             if not save_single and self._accumulator is None:
                 job.skippable = True
+                rois = list(self.rois.values())
+                if not save_raw and self._roi_only and roi_stage.applies(
+                        rois, self.options.rotation, self.options.flipv, self.options.fliph):
+                    job.rois = rois
             if save_single:
                 index = None
                 if self.autoindex:
@@ -698,6 +720,9 @@ class StreamHandler:
     def _process(self, job: _Job) -> None:
         event = job.event
         assert event is not None
+        if job.rois:
+            self._process_rois(job, event)
+            return
         try:
             arrays = {name: encoded.decode(f"frame {event.frame} of series {event.series}, "
                                            f"channel {name}")
@@ -729,6 +754,25 @@ class StreamHandler:
         result = ImageResult(data=first, raw=first, channels=arrays, series=event.series,
                              frame=event.frame, nframes=1, metadata=job.meta)
         job.result = result
+        with self._cond:
+            if job.gen == self._gen:
+                self._collected += 1
+            if job.seq > self._latest_seq:
+                self._set_latest(result, job.seq)
+            self._cond.notify_all()
+
+    def _process_rois(self, job: _Job, event: ImageMessage) -> None:
+        """ROI-only count: only the ROI rows are decoded (roi_stage)."""
+        try:
+            result = roi_stage.partial_image(event, job.rois, job.meta, self.low_filter,
+                                             self.high_filter)
+        except DecodeError as exc:
+            job.failed = True
+            self.decode_failures += 1
+            self._errors.append(str(exc))
+            log.warning("%s", exc)
+            self._count_failure(job.gen)
+            return
         with self._cond:
             if job.gen == self._gen:
                 self._collected += 1
@@ -780,6 +824,16 @@ class StreamHandler:
                 self.unsaved += 1
                 log.warning("accumulated image of series %s not saved: saving is behind",
                             result.series)
+
+    def _complete(self, result: ImageResult) -> ImageResult:
+        """``result`` decoded whole (a ROI-only image is decoded now, once)."""
+        if not isinstance(result, roi_stage.PartialImage):
+            return result
+        full = result.complete()
+        with self._lock:
+            if self._latest is result:
+                self._latest = full
+        return full
 
     def _set_latest(self, result: ImageResult, seq: int) -> None:
         self._latest = result
@@ -963,6 +1017,14 @@ class StreamHandler:
                 self.low_filter, self.high_filter)
 
     def _stat(self, kind: str, bounds: Optional[tuple] = None) -> Any:
+        if kind == "roi":
+            with self._lock:
+                partial = self._latest
+            value = roi_stage.known_sum(partial, bounds, *self._delivery_key())
+            if value is not None:
+                return value
+        else:
+            self._full_asked = True
         image_key, latest = self._latest_delivered()
         if latest is None:
             raise DataError("No acquisition done")
