@@ -53,6 +53,8 @@ class ServerOptions:
     stream2_port: int = 31001
     queue_depth: int = 64
     stream_workers: int = 2
+    workers: int = 0                 # worker processes (stream/workers.py); 0 = threads only
+    worker_port: int = 0             # their ROUTER port (+1 for results); 0 = any free port
 
     @property
     def lock_path(self) -> str:
@@ -112,6 +114,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _process_workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--workers {text!r} is not a number") from None
+    if not 0 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"--workers {value}: give 0 (none) to 64")
+    return value
+
+
 def _workers(text: str) -> int:
     try:
         value = int(text)
@@ -164,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
                      default=d.stream_workers, metavar="N",
                      help="threads decoding stream images; more use more cores on fast "
                      f"series (default {d.stream_workers})")
+    det.add_argument("--workers", dest="workers", type=_process_workers, default=d.workers,
+                     metavar="N", help="worker processes that decode and accumulate "
+                     "stream images over ZeroMQ (0 = none: decode threads only; "
+                     f"default {d.workers})")
+    det.add_argument("--worker-port", dest="worker_port", type=_port,
+                     default=d.worker_port, metavar="PORT",
+                     help="port the workers connect to (PORT and PORT+1); set it to "
+                     "run workers on other hosts (default: any free port)")
     det.add_argument("-V", dest="show_version", action="store_true",
                      help="print the detector's SIMPLON API version and exit (needs -a)")
 

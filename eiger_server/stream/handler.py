@@ -46,6 +46,7 @@ from eiger_server.wire.protocol import wire_type_for
 from eiger_server.values import flag_arg, one_arg, parse_number
 from eiger_server.stream.imageproc import ImageResult
 from eiger_server.stream.receiver import StreamReceiver
+from eiger_server.stream.workers import WorkerPool
 from eiger_server.formats.stream_events import ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent
 from eiger_server.storage.tiff import TiffSaver, channel_path, save_tiff, tiff_name, with_suffix
 
@@ -151,6 +152,11 @@ class StreamHandler:
         # the last count began (read, sum, maxval, save), so decode whole images
         self._full_asked = True
         self._roi_only = False
+        # --workers N: accumulation by worker processes (stream/workers.py)
+        self._pool: Optional[WorkerPool] = None
+        self._pool_gen: Optional[int] = None
+        self._pool_sent = 0
+        self._pool_meta: Dict[str, Any] = {}
         # counters and errors
         self.decode_failures = 0
         self.unsaved = 0
@@ -303,6 +309,9 @@ class StreamHandler:
         for thread in self._threads:
             thread.join(timeout=2)
         self._threads = []
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
         saver, self._saver = self._saver, None
         stopped = True
         if saver is not None:
@@ -600,6 +609,11 @@ class StreamHandler:
             self._threads.append(thread)
         if self._saver is None:
             self._saver = TiffSaver(self.save_depth, self.save_bytes)
+        if int(self.options.workers) > 0 and self._pool is None:
+            self._pool = WorkerPool(int(self.options.workers), host=self._worker_host(),
+                                    port=int(self.options.worker_port),
+                                    queue_depth=self.queue_depth)
+            self._pool.start(wait_for=0)     # begin() waits for the local ones
 
     # -- receiver thread ---------------------------------------------------------
     def _on_event(self, event: Any) -> None:
@@ -619,6 +633,8 @@ class StreamHandler:
                 self.decode_failures += 1
                 self._count_failure(self._gen)
         elif isinstance(event, SeriesEnd):
+            if self._pool_gen is not None:
+                self._pool_finish()      # images lost on the way will not come
             # Finish an HDF5RAW series whatever autosave and the mode are now
             # (a no-op when none is open); queued after the series' frames.
             saver = self._saver
@@ -645,6 +661,7 @@ class StreamHandler:
             if event.appendix is not None:
                 meta["image_appendix"] = event.appendix
             job = _Job(event, self._seq, gen, meta)
+            pooled = self._accumulator if self._pool is not None else None
             save_single = self.autosave and self._accumulator is None
             save_raw = save_single and self.save_mode == "HDF5RAW"
             if save_raw:
@@ -685,6 +702,9 @@ class StreamHandler:
             self._submit_save(
                 lambda: self._save_raw(event, meta, directory, prefix, per_file, overwrite),
                 event.nbytes, f"frame {event.frame} of series {event.series}")
+        if pooled is not None:
+            self._pool_accumulate(job, event, pooled)
+            return
         # Block while the workers are busy: back-pressure reaches zmq and the DCU.
         while not self._closing.is_set():
             try:
@@ -692,6 +712,58 @@ class StreamHandler:
                 return
             except queue.Full:
                 continue
+
+    # -- worker processes (--workers N), on the receiver thread --------------------
+    def _worker_host(self) -> str:
+        return "0.0.0.0" if int(self.options.worker_port) else "127.0.0.1"
+
+    def _pool_accumulate(self, job: _Job, event: ImageMessage,
+                         accumulator: imageproc.Accumulator) -> None:
+        """Hand one image of an accumulating count to the worker processes."""
+        pool = self._pool
+        assert pool is not None
+        if self._pool_gen != job.gen:
+            if self._pool_gen is not None:
+                self._pool_finish()
+            pool.begin(job.gen, "accum")
+            self._pool_gen, self._pool_sent = job.gen, 0
+        self._pool_meta = job.meta
+        if not pool.submit(job.gen, event):
+            self._errors.append(f"frame {event.frame} of series {event.series}: no stream "
+                                "worker took it; counted as lost")
+            self.decode_failures += 1
+            self._count_failure(job.gen)
+        else:
+            self._pool_sent += 1
+            with self._cond:
+                if job.gen == self._gen:
+                    self._collected += 1
+                self._cond.notify_all()
+        with self._lock:
+            due = self._pool_sent + self._failed_in_count >= accumulator.nimages
+        if due:
+            self._pool_finish()
+
+    def _pool_finish(self) -> None:
+        """Merge the workers' partial sums of the open count and finish it."""
+        pool, gen = self._pool, self._pool_gen
+        self._pool_gen = None
+        if pool is None or gen is None:
+            return
+        merged = pool.finish(gen)
+        with self._lock:
+            accumulator = self._accumulator if gen == self._gen else None
+        for message in merged.errors + [reason for _, reason in merged.failed]:
+            self._errors.append(message)
+            log.warning("%s", message)
+        if accumulator is None:
+            return
+        accumulator.add_partial(merged.sums, merged.masks, merged.frames)
+        for _ in merged.lost + merged.failed:
+            self.decode_failures += 1
+            self._count_failure(gen)
+        if accumulator.added:
+            self._finish_accumulation(gen, accumulator, dict(self._pool_meta))
 
     # -- worker threads ----------------------------------------------------------
     def _work(self) -> None:

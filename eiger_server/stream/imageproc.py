@@ -249,6 +249,32 @@ class Accumulator:
             slot.lock.release()
         return finished
 
+    def add_partial(self, sums: Dict[str, np.ndarray], masks: Dict[str, np.ndarray],
+                    frames: List[int]) -> bool:
+        """Add the partial sum of ``frames`` made elsewhere (a worker process);
+        True when the count needs no more images."""
+        if not frames:
+            return False
+        with self._lock:
+            self.added += len(frames)
+            first, last = min(frames), max(frames)
+            self.first_frame = first if self.first_frame is None else min(self.first_frame, first)
+            self.last_frame = last if self.last_frame is None else max(self.last_frame, last)
+            finished = self.added >= self.nimages
+            slot = self._claim()
+        try:
+            for name, total in sums.items():
+                mine = slot.sums.get(name)
+                if mine is None:
+                    slot.sums[name] = total.copy()
+                    slot.masks[name] = masks[name].copy()
+                else:
+                    np.add(mine, total, out=mine)
+                    np.logical_or(slot.masks[name], masks[name], out=slot.masks[name])
+        finally:
+            slot.lock.release()
+        return finished
+
     def result(self) -> Dict[str, np.ndarray]:
         """The summed channels, masked pixels set to the result type's maximum."""
         with self._lock:

@@ -146,7 +146,7 @@ def run_worker(endpoint: str, *, name: str = "", poll_ms: int = 200,
                          "channels": [[n, str(state.sums[n].dtype), list(state.sums[n].shape)]
                                       for n in names],
                          "cpu": time.process_time() - cpu0}
-                payload = [_pack(reply)]
+                payload: List[Any] = [_pack(reply)]
                 for n in names:
                     payload += [state.sums[n], np.packbits(state.masks[n])]
                 results.send_multipart(payload, copy=False)
@@ -163,17 +163,24 @@ class Merged:
 
     ``frames``: the frames reduced (sorted); ``lost``: frames handed to a
     worker that died or did not answer, ``failed``: (frame, reason) of frames
-    that could not be decoded; ``sums``: the accumulated channels, masked
-    pixels at the type's maximum; ``stats``: frame -> (sum, max, ROI sums).
+    that could not be decoded; ``sums``: the accumulated channels and
+    ``masks`` their pixels masked in any frame; ``stats``: frame -> (sum,
+    max, ROI sums).
     """
 
     frames: List[int] = field(default_factory=list)
     lost: List[int] = field(default_factory=list)
     failed: List[Tuple[int, str]] = field(default_factory=list)
     sums: Dict[str, np.ndarray] = field(default_factory=dict)
+    masks: Dict[str, np.ndarray] = field(default_factory=dict)
     stats: Dict[int, Tuple[Any, Any, List[Any]]] = field(default_factory=dict)
     worker_cpu: float = 0.0
     errors: List[str] = field(default_factory=list)
+
+    def filled(self) -> Dict[str, np.ndarray]:
+        """The sums with masked pixels at the type's maximum (copies)."""
+        return {name: kernels.finish_accumulation(total.copy(), self.masks[name])
+                for name, total in self.sums.items()}
 
 
 class _Peer:
@@ -224,7 +231,7 @@ class WorkerPool:
                 if port:
                     raise DataError(f"workers: cannot listen on {host}:{port} and "
                                     f"{port + 1}; choose a free --worker-port") from None
-                self.router.unbind(self.router.last_endpoint)
+                self.router.unbind(self.router.getsockopt_string(zmq.LAST_ENDPOINT))
         raise DataError("workers: no free pair of ports")
 
     # -- life ----------------------------------------------------------------
@@ -371,11 +378,11 @@ class WorkerPool:
                 waiting[peer.ident.decode()] = peer
             else:
                 merged.lost += peer.sent.pop(key)
-        masks: Dict[str, np.ndarray] = {}
+        masks = merged.masks
         deadline = time.monotonic() + timeout
         while waiting:
             left = deadline - time.monotonic()
-            for name, peer in list(waiting.items()):
+            for peer in list(waiting.values()):
                 if self._dead(peer):
                     self._mark_dead(peer, "died")
             dead = [n for n, p in waiting.items() if not p.alive]
@@ -394,8 +401,6 @@ class WorkerPool:
                 continue                              # a late answer of a past series
             peer_or_none.sent.pop(key, None)
             self._merge(merged, masks, reply, parts[1:])
-        for name, total in merged.sums.items():
-            kernels.finish_accumulation(total, masks[name])
         merged.frames.sort()
         merged.lost.sort()
         self.lost_total += len(merged.lost)

@@ -56,7 +56,7 @@ def test_two_workers_share_the_images_and_the_merge_is_exact(pool):
         assert pool.submit(1, event(1, n, image))
     merged = pool.finish(1)
     assert merged.frames == list(range(10)) and merged.lost == []
-    assert np.array_equal(merged.sums["threshold_1"], expected_sum(frames))
+    assert np.array_equal(merged.filled()["threshold_1"], expected_sum(frames))
     # statistics per frame, merged by frame number, ROIs included
     pool.begin(2, "stats", rois=[(0, 9, 0, 9)])
     for n, image in enumerate(frames):
@@ -87,7 +87,7 @@ def test_a_worker_killed_mid_series_loses_its_images_and_the_next_series_works(p
     assert merged.lost and merged.frames
     assert "lost with a stream worker" in merged.errors[0]
     got = expected_sum([frames[n] for n in merged.frames])
-    assert np.array_equal(merged.sums["threshold_1"], got)
+    assert np.array_equal(merged.filled()["threshold_1"], got)
     # the next series: the dead worker is replaced, nothing is lost
     pool.begin(2, "accum")
     assert pool.alive_count() == 2
@@ -95,4 +95,23 @@ def test_a_worker_killed_mid_series_loses_its_images_and_the_next_series_works(p
         assert pool.submit(2, event(2, n, image))
     merged = pool.finish(2)
     assert merged.frames == list(range(12)) and merged.lost == []
-    assert np.array_equal(merged.sums["threshold_1"], expected_sum(frames))
+    assert np.array_equal(merged.filled()["threshold_1"], expected_sum(frames))
+
+
+def test_an_accumulating_count_through_the_handler_with_two_worker_processes(tmp_path):
+    import helpers
+    handler = helpers.StubController(tmp_path, workers=2).stream_handler()
+    handler.start_pipeline()
+    try:
+        frames = images(9, seed=7)
+        for series in (1, 2):
+            handler.begin_count(len(frames), accumulate=True)
+            for n, image in enumerate(frames):
+                handler.feed(event(series, n, image))
+            assert handler.wait_count(30)
+            result = handler.latest()
+            assert result.nframes == 9
+            assert np.array_equal(result.raw, expected_sum(frames))
+        assert handler.get_dropped() == 0
+    finally:
+        handler.close()
