@@ -735,10 +735,6 @@ class StreamHandler:
             self._count_failure(job.gen)
         else:
             self._pool_sent += 1
-            with self._cond:
-                if job.gen == self._gen:
-                    self._collected += 1
-                self._cond.notify_all()
         with self._lock:
             due = self._pool_sent + self._failed_in_count >= accumulator.nimages
         if due:
@@ -759,6 +755,10 @@ class StreamHandler:
         if accumulator is None:
             return
         accumulator.add_partial(merged.sums, merged.masks, merged.frames)
+        with self._cond:
+            if gen == self._gen:
+                # counted when merged: until then the count is not complete
+                self._collected += len(merged.frames)
         for _ in merged.lost + merged.failed:
             self.decode_failures += 1
             self._count_failure(gen)
