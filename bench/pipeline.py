@@ -313,8 +313,14 @@ def run(models: List[str], bits_list: List[int], quick: bool, depth: int, scratc
                         for what in modes:
                             if what == "sum":
                                 server.count(source, "sum", 16, rois)   # sum asked once
-                            out = server.count(source, what, nframes, rois)
-                            rows.append(_row(model, bits, what, f"{n} {kind}", nframes, out,
+                            # saving modes at a rate one saver keeps up with (above
+                            # it frames are refused, counted in dropped)
+                            paced = None
+                            if what in ("tiff", "hdf5raw"):
+                                paced = 1.0 / min(max_rate, 0.5 / bare[what])
+                            out = server.count(source, what, nframes, rois, paced)
+                            label = f"{n} {kind}" + (f", {1 / paced:.0f} Hz" if paced else "")
+                            rows.append(_row(model, bits, what, label, nframes, out,
                                              bare[what], n, roi_cpu if what == "roi" else None,
                                              frames))
                             print(fmt(rows[-1]), flush=True)

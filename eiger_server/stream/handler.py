@@ -77,8 +77,10 @@ class _Job:
         # True when nothing needs this image's pixels unless it is the newest:
         # a worker finding newer images queued counts it without decoding.
         self.skippable = False
-        # ROI-only count: the ROIs whose sums the decode stage takes from their rows
-        self.rois: List[Tuple[int, int, int, int]] = []
+        # Not None: decode only the rows of these ROIs (an ROI-only count), or
+        # nothing ([]: HDF5RAW saves the compressed frame); roi_stage keeps the
+        # image encoded until spec asks for more
+        self.rois: Optional[List[Tuple[int, int, int, int]]] = None
 
 
 @component
@@ -677,9 +679,11 @@ class StreamHandler:
             if not save_single and self._accumulator is None:
                 job.skippable = True
                 rois = list(self.rois.values())
-                if not save_raw and self._roi_only and roi_stage.applies(
+                if self._roi_only and roi_stage.applies(
                         rois, self.options.rotation, self.options.flipv, self.options.fliph):
                     job.rois = rois
+                elif save_raw:
+                    job.rois = []
             if save_single:
                 index = None
                 if self.autoindex:
@@ -792,7 +796,7 @@ class StreamHandler:
     def _process(self, job: _Job) -> None:
         event = job.event
         assert event is not None
-        if job.rois:
+        if job.rois is not None:
             self._process_rois(job, event)
             return
         try:
@@ -834,9 +838,9 @@ class StreamHandler:
             self._cond.notify_all()
 
     def _process_rois(self, job: _Job, event: ImageMessage) -> None:
-        """ROI-only count: only the ROI rows are decoded (roi_stage)."""
+        """ROI-only count or HDF5RAW: only the ROI rows (if any) are decoded (roi_stage)."""
         try:
-            result = roi_stage.partial_image(event, job.rois, job.meta, self.low_filter,
+            result = roi_stage.partial_image(event, job.rois or [], job.meta, self.low_filter,
                                              self.high_filter)
         except DecodeError as exc:
             job.failed = True

@@ -8,7 +8,10 @@ those rows are decompressed) and keeps the image encoded. Should spec ask
 for the whole image after all, :meth:`PartialImage.complete` decodes it then,
 so every answer stays exact; only its cost changes.
 
-Applies when the image is delivered unrotated and unflipped (ROIs are in
+HDF5RAW autosave uses the same stage with no ROIs: the frame is saved as it
+came, and the latest image is decoded only when spec asks for it.
+
+ROI-only applies when the image is delivered unrotated and unflipped (ROIs are in
 delivered coordinates); filters are applied to the decoded rows as to the
 whole image.
 """
