@@ -136,8 +136,8 @@ def _server_main(conn: Any, port: int, version: str, bits: int, threads: int, pr
                 out["nframes"] = None if latest is None else latest.nframes
             elif what == "roi":
                 out["roival"] = handler.get_roival()     # ROI sums only: the next is ROI-only
-            elif what == "sum":
-                out["sum"] = handler.get_sum()           # sum asked: full decodes next
+            elif what in ("sum", "tiff"):
+                out["sum"] = handler.get_sum()           # sum asked: no ROI-only count next
             conn.send(out)
     finally:
         handler.close()
