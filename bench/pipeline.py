@@ -426,6 +426,9 @@ def write(args: Any, rows: List[Dict[str, Any]], elapsed: float, argv: List[str]
         f"{two * 1e3:.2f} ms/frame each when 2 threads run it at once (efficiency "
         f"ceiling of a 2-way pipeline here: {one / two:.2f})" for m, b, one, two in BARE_PAIRS
     ] + [""]
+    notes = ROOT / "bench" / "PIPELINE_NOTES.md"
+    if notes.exists():
+        section += [notes.read_text().rstrip(), ""]
     text = out.read_text() if out.exists() else "# Stream-path benchmark\n"
     if title in text:
         head, rest = text.split(title, 1)
