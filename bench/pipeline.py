@@ -419,7 +419,8 @@ def write(args: Any, rows: List[Dict[str, Any]], elapsed: float, argv: List[str]
                f"Command: `python bench/pipeline.py {' '.join(argv)}`".rstrip() +
                f" — {os.cpu_count()} cores, {elapsed / 60:.1f} min, stream {args.stream}, "
                f"queue depth {args.depth}, bslz4, synthetic frames, lossless at the maximum "
-               "rate except the `half` rows.", "", HEAD, SEP] + [fmt(r) for r in rows] + [
+               "rate except the `half` rows and the saving modes (paced at the rate "
+               "shown).", "", HEAD, SEP] + [fmt(r) for r in rows] + [
         "", "Columns: see bench/pipeline.py's docstring. config: decode threads "
         "(`--stream-workers`) or worker processes (`--workers`).", ""] + [
         f"* bare accumulation loop, {m} {b}-bit: {one * 1e3:.2f} ms/frame alone, "
