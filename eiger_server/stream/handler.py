@@ -17,6 +17,12 @@ Pipeline (each stage bounded, none on the command thread)::
   are counted in ``dropped`` and named in the log and ``stream_error``).
 * Statistics (sum, maxval, ROIs) and the oriented/filtered image spec reads
   are computed on request from the latest image, not per frame.
+* ROI-only counts (spec asked only for ROI sums in the last count) and
+  HDF5RAW autosave decode only the ROI rows, or nothing (roi_stage.py); the
+  image is decoded whole only if spec asks for more.
+* ``--workers N``: accumulating counts go to worker processes over ZeroMQ
+  (workers.py) instead of the decode threads; their partial sums are merged
+  into the count's Accumulator when its last image is in.
 * Saved TIFF files hold the images as the detector sent them (every channel,
   detector orientation, no filters), so they compare with the DCU's own
   files; rotation, flips and filters shape only what spec reads (read, sum,
