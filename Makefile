@@ -44,6 +44,7 @@ demo: venv
 
 bench: venv
 	$(PY) bench/run.py
+	$(PY) bench/pipeline.py
 	$(PY) bench/wire_latency.py
 
 SOAK_MINUTES ?= 30

@@ -57,6 +57,8 @@ class ServerOptions:
     http_port: Optional[int] = None
     publish: Optional[str] = None
     publish_decoded: float = 0.0
+    workers: int = 0                 # worker processes (stream/workers.py); 0 = threads only
+    worker_port: int = 0             # their ROUTER port (+1 for results); 0 = any free port
 
     @property
     def lock_path(self) -> str:
@@ -113,6 +115,16 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if not 1 <= value <= 1_000_000:
         raise argparse.ArgumentTypeError(f"{value} is outside 1-1000000")
+    return value
+
+
+def _process_workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--workers {text!r} is not a number") from None
+    if not 0 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"--workers {value}: give 0 (none) to 64")
     return value
 
 
@@ -186,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
                      default=d.stream_workers, metavar="N",
                      help="threads decoding stream images; more use more cores on fast "
                      f"series (default {d.stream_workers})")
+    det.add_argument("--workers", dest="workers", type=_process_workers, default=d.workers,
+                     metavar="N", help="worker processes that decode and accumulate "
+                     "stream images over ZeroMQ (0 = none: decode threads only; "
+                     f"default {d.workers})")
+    det.add_argument("--worker-port", dest="worker_port", type=_port,
+                     default=d.worker_port, metavar="PORT",
+                     help="port the workers connect to (PORT and PORT+1); set it to "
+                     "run workers on other hosts (default: any free port)")
     det.add_argument("-V", dest="show_version", action="store_true",
                      help="print the detector's SIMPLON API version and exit (needs -a)")
 

@@ -167,7 +167,7 @@ class CommandHandler:
 
     def _get_roi(self, args: List[str]) -> Reply:
         # The reference's order: no data first, then the ROI's name or bounds.
-        if self.ctrl.stream.latest() is None:
+        if not self.ctrl.stream.has_image():
             return Reply(ok=False, text="No acquisition done")
         if len(args) not in (1, 4):
             return Reply(ok=False, text="Bad ROI parameters")

@@ -12,6 +12,11 @@ Every encoding the DCU sends:
 The framings themselves live in :mod:`eiger_server.formats.compression`;
 this module checks shapes and types and turns the bytes into arrays. Arrays
 returned may be read-only views of the decompressed bytes (no extra copy).
+Neither ``dectris.compression.decompress`` nor bitshuffle's binding can write
+into a caller's buffer, so a decode allocates its frame once; what follows
+(sums, accumulation) writes into reused buffers (stream/kernels.py), and
+ROI-only counts decode just the ROI rows (:func:`decode_rows`,
+stream/roi_stage.py).
 
 A failure raises :class:`DecodeError` naming the frame, the encoding and what
 is wrong.

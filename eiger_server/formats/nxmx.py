@@ -185,6 +185,8 @@ def write_master(f: h5py.File, config: Mapping[str, Any], *, nimages: int, ntrig
         opts = ({"compression": "gzip", "compression_opts": 1, "shuffle": True}
                 if array.ndim >= 2 and array.size > 1024 else {})
         spec.create_dataset(name, data=array, **opts)
+    if "pixel_mask" in spec and "pixel_mask" not in det:
+        det["pixel_mask"] = spec["pixel_mask"]       # where NXmx readers look for it
     for key, value in specific.items():
         if isinstance(value, (int, float, str, bool, np.generic)):
             _put(spec, str(key).replace("/", "_"), value)
@@ -203,9 +205,73 @@ def write_master(f: h5py.File, config: Mapping[str, Any], *, nimages: int, ntrig
         _put(gonio, f"{axis}_range_average", step, "degree")
         _put(gonio, f"{axis}_range_total", step * nframes, "degree")
 
+    _nxmx_geometry(f, entry, det, gonio, config, width=width, height=height,
+                   nframes=nframes)
+
     data = _group(entry, "data", "NXdata")
     for name, path in links.items():
         data[name] = h5py.ExternalLink(path, "/entry/data/data")
+
+
+def _axis(group: h5py.Group, name: str, value: Any, kind: str, vector: Sequence[float],
+          depends_on: str, units: str, offset: Optional[Sequence[float]] = None) -> None:
+    """An NXtransformations axis (a dataset with its transformation attributes);
+    an axis already written (the goniometer's positions) only gets the attributes."""
+    if name not in group:
+        group.create_dataset(name, data=value)
+    dset = group[name]
+    dset.attrs["transformation_type"] = kind
+    dset.attrs["vector"] = np.asarray(vector, dtype=np.float64)
+    dset.attrs["depends_on"] = depends_on
+    dset.attrs["units"] = units
+    if offset is not None:
+        dset.attrs["offset"] = np.asarray(offset, dtype=np.float64)
+        dset.attrs["offset_units"] = "m"
+
+
+def _nxmx_geometry(f: h5py.File, entry: h5py.Group, det: h5py.Group, gonio: h5py.Group,
+                   config: Mapping[str, Any], *, width: int, height: int,
+                   nframes: int) -> None:
+    """The NXmx geometry data processing programs (DIALS' nxmx, XDS' plugins)
+    read: definition, the detector's position and module (pixel directions and
+    the beam centre as the module's offset), the sample's rotation axis.
+
+    Conventions (McStas, as the DCU's own NXmx masters): z along the beam, fast
+    pixels along +x, slow pixels along -y, the rotation axis along +x. Nothing
+    is invented: without pixel size and distance there is no geometry."""
+    _put(entry, "definition", "NXmx")
+    start = _first(config, ("data_collection_date", "arm_date"))
+    _put(entry, "start_time", start if start is not None else now_iso())
+    try:
+        px = float(_first(config, ("x_pixel_size", "pixel_size_x")))
+        py = float(_first(config, ("y_pixel_size", "pixel_size_y")))
+        distance = float(_first(config, ("detector_distance",)))
+    except (TypeError, ValueError):
+        log.debug("master file: no pixel size or distance, no NXmx geometry")
+        return
+    bcx = float(_first(config, ("beam_center_x",)) or 0.0)
+    bcy = float(_first(config, ("beam_center_y",)) or 0.0)
+    base = det.name
+    _put(det, "distance", distance, "m")           # the NXmx name of detector_distance
+    trans = _group(det, "transformations", "NXtransformations")
+    _axis(trans, "translation", distance, "translation", (0, 0, 1), ".", "m")
+    _put(det, "depends_on", f"{base}/transformations/translation")
+    module = _group(det, "module", "NXdetector_module")
+    _put(module, "data_origin", np.array([0, 0], dtype=np.int64))
+    _put(module, "data_size", np.array([height, width], dtype=np.int64))
+    _put(module, "data_stride", np.array([1, 1], dtype=np.int64))
+    _axis(module, "module_offset", 0.0, "translation", (1, 0, 0),
+          f"{base}/transformations/translation", "m", offset=(-bcx * px, bcy * py, 0.0))
+    _axis(module, "fast_pixel_direction", px, "translation", (1, 0, 0),
+          f"{module.name}/module_offset", "m", offset=(0.0, 0.0, 0.0))
+    _axis(module, "slow_pixel_direction", py, "translation", (0, -1, 0),
+          f"{module.name}/module_offset", "m", offset=(0.0, 0.0, 0.0))
+    sample = gonio.parent
+    if "omega" not in gonio:
+        _put(gonio, "omega", np.zeros(max(1, nframes)), "degree")
+    _axis(gonio, "omega", None, "rotation", (1, 0, 0), ".", "deg")
+    _put(sample, "depends_on", f"{gonio.name}/omega")
+    _put(sample, "name", "sample")
 
 
 def create_data(f: h5py.File, rows: int, maxrows: Optional[int], height: int, width: int,

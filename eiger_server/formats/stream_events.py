@@ -49,6 +49,8 @@ class SeriesHeader:
     nimages: Optional[int] = None            # images the series will hold, when known
     unique_id: str = ""
     appendix: Any = None
+    # the header's arrays, when sent: "pixel_mask", "flatfield", "countrate_table"
+    arrays: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -125,8 +125,9 @@ def _header(head: dict, parts: Sequence[Any], series: Optional[int]) -> SeriesHe
     if detail in ("basic", "all") and len(parts) > 1:
         config = _json(parts[1], "detector configuration")
         used = 2
+    arrays: Dict[str, np.ndarray] = {}
     if detail == "all":
-        used += 6           # flatfield, pixel mask, countrate table: header + array each
+        used = _header_arrays(parts, used, arrays)
     appendix = _appendix(parts[used]) if len(parts) > used else None
     nimages = None
     try:
@@ -135,7 +136,38 @@ def _header(head: dict, parts: Sequence[Any], series: Optional[int]) -> SeriesHe
     except (TypeError, ValueError):
         nimages = None
     return SeriesHeader(series, config=config, channels=[CHANNEL], nimages=nimages,
-                        appendix=appendix)
+                        appendix=appendix, arrays=arrays)
+
+
+_HEADER_ARRAYS = {"dflatfield-1.0": "flatfield", "dpixelmask-1.0": "pixel_mask",
+                  "dcountrate_table-1.0": "countrate_table"}
+
+
+def _header_arrays(parts: Sequence[Any], used: int, arrays: Dict[str, np.ndarray]) -> int:
+    """Read the flatfield, pixel mask and count-rate table pairs (header, data)
+    from ``parts[used:]`` into ``arrays``; returns the index after them."""
+    for _ in range(len(_HEADER_ARRAYS)):
+        if used + 1 >= len(parts):
+            break                                   # what is left is the appendix
+        try:
+            head = json.loads(bytes(_buffer(parts[used])))
+        except (ValueError, UnicodeDecodeError):
+            break                                   # the appendix
+        if not isinstance(head, dict):
+            break
+        name = _HEADER_ARRAYS.get(str(head.get("htype", "")))
+        if name is None:                            # an array we do not know: skip it
+            used += 2
+            continue
+        shape = tuple(int(n) for n in head.get("shape", []))[::-1]   # sent as [x, y]
+        dtype = np.dtype(str(head.get("type", "float32"))).newbyteorder("<")
+        data = np.frombuffer(bytes(_buffer(parts[used + 1])), dtype=dtype)
+        if shape and int(np.prod(shape)) != data.size:
+            raise ValueError(f"{head['htype']} holds {data.size} values, its shape "
+                             f"{list(shape[::-1])} needs {int(np.prod(shape))}")
+        arrays[name] = data.reshape(shape) if shape else data
+        used += 2
+    return used
 
 
 def _image(head: dict, parts: Sequence[Any], series: Optional[int],

@@ -23,7 +23,7 @@ import numpy as np
 from eiger_server.formats.cbor import (DECTRIS_COMPRESSION_TAG, MULTIDIM_ARRAY_TAG,
                                        SELF_DESCRIBE_TAG, head, multidim_array, typed_array,
                                        typed_array_dtype, typed_array_tag)
-from eiger_server.formats.decode import Compressed, Encoded
+from eiger_server.formats.decode import Compressed, DecodeError, Encoded
 from eiger_server.formats.stream_events import (Event, ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent,
                            buffer, seconds, valid_channel)
 
@@ -148,7 +148,26 @@ def _start(message: Mapping, series: Optional[int]) -> SeriesHeader:
     return SeriesHeader(series, config=config, channels=channels,
                         nimages=int(nimages) if nimages is not None else None,
                         unique_id=str(message.get("series_unique_id", "")),
-                        appendix=message.get("user_data"))
+                        appendix=message.get("user_data"), arrays=_start_arrays(message))
+
+
+def _start_arrays(message: Mapping) -> Dict[str, np.ndarray]:
+    """The pixel mask and flatfield (of the first channel) and the count-rate
+    table of a start message, as arrays; an unreadable one is left out."""
+    arrays: Dict[str, np.ndarray] = {}
+    for key, name in (("pixel_mask", "pixel_mask"), ("flatfield", "flatfield")):
+        per_channel = message.get(key)
+        value = next(iter(per_channel.values()), None) \
+            if isinstance(per_channel, Mapping) else per_channel
+        if isinstance(value, Encoded) and value.encoding == "raw":
+            try:
+                arrays[name] = value.decode(f"start message {key}")
+            except DecodeError:
+                continue
+    table = message.get("countrate_correction_lookup_table")
+    if isinstance(table, _Typed) and isinstance(table.payload, (bytes, bytearray, memoryview)):
+        arrays["countrate_table"] = np.frombuffer(bytes(table.payload), table.dtype)
+    return arrays
 
 
 def _image(message: Mapping, series: Optional[int], frame: int) -> ImageMessage:

@@ -291,6 +291,7 @@ class Hdf5RawWriter:
                                     "series": self.series,
                                     "frames_written": self.frames_written}
         specific.update(self.metadata)
+        arrays = self.header.arrays if self.header is not None else {}
         try:
             with h5py.File(temp, "w") as master:
                 nxmx.write_master(
@@ -299,7 +300,9 @@ class Hdf5RawWriter:
                     compression="lz4" if first.kind == "lz4-raw" else first.kind,
                     channels=list(self._channels),
                     software_version=f"eiger_server {__version__} HDF5RAW",
-                    links=links, specific=specific)
+                    links=links, specific=specific,
+                    pixel_mask=arrays.get("pixel_mask"), flatfield=arrays.get("flatfield"),
+                    countrate_table=arrays.get("countrate_table"))
             os.replace(temp, self.master)
             paths.fsync_dir(os.path.dirname(self.master))
         except (OSError, RuntimeError) as exc:

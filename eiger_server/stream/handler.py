@@ -17,6 +17,12 @@ Pipeline (each stage bounded, none on the command thread)::
   are counted in ``dropped`` and named in the log and ``stream_error``).
 * Statistics (sum, maxval, ROIs) and the oriented/filtered image spec reads
   are computed on request from the latest image, not per frame.
+* ROI-only counts (spec asked only for ROI sums in the last count) and
+  HDF5RAW autosave decode only the ROI rows, or nothing (roi_stage.py); the
+  image is decoded whole only if spec asks for more.
+* ``--workers N``: accumulating counts go to worker processes over ZeroMQ
+  (workers.py) instead of the decode threads; their partial sums are merged
+  into the count's Accumulator when its last image is in.
 * Saved TIFF files hold the images as the detector sent them (every channel,
   detector orientation, no filters), so they compare with the DCU's own
   files; rotation, flips and filters shape only what spec reads (read, sum,
@@ -37,7 +43,7 @@ from eiger_server.app.options import ServerOptions
 from eiger_server.control.bindings import component
 from eiger_server.control.interfaces import DetectorConfig, FileSettings
 from eiger_server.simplon.rest import SimplonClient
-from eiger_server.stream import imageproc
+from eiger_server.stream import imageproc, roi_stage
 from eiger_server.storage import paths
 from eiger_server.storage.hdf5raw import DEFAULT_IMAGES_PER_FILE, Hdf5RawWriter
 from eiger_server.formats.decode import DecodeError
@@ -47,6 +53,7 @@ from eiger_server.values import flag_arg, one_arg, parse_number
 from eiger_server.stream.imageproc import ImageResult
 from eiger_server.stream.counters import Counters
 from eiger_server.stream.receiver import StreamReceiver
+from eiger_server.stream.workers import WorkerPool
 from eiger_server.formats.stream_events import ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent
 from eiger_server.observe.hooks import NO_OBSERVER, StreamObserver
 from eiger_server.storage.tiff import TiffSaver, channel_path, save_tiff, tiff_name, with_suffix
@@ -64,7 +71,8 @@ SAVE_MODES = ("TIFF", "HDF5RAW")
 class _Job:
     """One image on its way through the pipeline."""
 
-    __slots__ = ("event", "seq", "gen", "meta", "result", "failed", "done", "skippable")
+    __slots__ = ("event", "seq", "gen", "meta", "result", "failed", "done", "skippable",
+                 "rois")
 
     def __init__(self, event: ImageMessage, seq: int, gen: int, meta: Dict[str, Any]) -> None:
         self.event: Optional[ImageMessage] = event
@@ -77,6 +85,10 @@ class _Job:
         # True when nothing needs this image's pixels unless it is the newest:
         # a worker finding newer images queued counts it without decoding.
         self.skippable = False
+        # Not None: decode only the rows of these ROIs (an ROI-only count), or
+        # nothing ([]: HDF5RAW saves the compressed frame); roi_stage keeps the
+        # image encoded until spec asks for more
+        self.rois: Optional[List[Tuple[int, int, int, int]]] = None
 
 
 @component
@@ -157,6 +169,15 @@ class StreamHandler:
         self._latest_seq = -1
         self._delivered: Optional[Tuple[tuple, ImageResult]] = None
         self._stats: Dict[tuple, Any] = {}
+        # ROI-only counts (roi_stage): spec asked for more than ROI sums since
+        # the last count began (read, sum, maxval, save), so decode whole images
+        self._full_asked = True
+        self._roi_only = False
+        # --workers N: accumulation by worker processes (stream/workers.py)
+        self._pool: Optional[WorkerPool] = None
+        self._pool_gen: Optional[int] = None
+        self._pool_sent = 0
+        self._pool_meta: Dict[str, Any] = {}
         # counters (added to by the receiver, the workers and the saver) and errors
         self._loss = Counters("decode_failures", "unsaved")
         self._errors: Deque[str] = collections.deque(maxlen=5)
@@ -222,6 +243,8 @@ class StreamHandler:
             self.accumulate = bool(accumulate)
             self._accumulator = imageproc.Accumulator(self._expected) if accumulate else None
             self._count_meta = meta
+            self._roi_only = not self._full_asked
+            self._full_asked = False
             self._cond.notify_all()
         if self.enabled():
             self._ensure_receiver()
@@ -305,8 +328,14 @@ class StreamHandler:
         with self._lock:
             return self._collected
 
+    def has_image(self) -> bool:
+        """True once there is a latest image (without decoding it)."""
+        with self._lock:
+            return self._latest is not None
+
     def latest(self) -> Optional[ImageResult]:
         """The latest image with ``data`` as spec reads it (oriented, filtered)."""
+        self._full_asked = True
         return self._latest_delivered()[1]
 
     def _latest_delivered(self) -> Tuple[tuple, Optional[ImageResult]]:
@@ -318,6 +347,7 @@ class StreamHandler:
             cached = self._delivered
         if result is None:
             return key, None
+        result = self._complete(result)
         if cached is not None and cached[0] == key:
             return key, cached[1]
         rotation, flipv, fliph, low, high = key[1:]
@@ -393,6 +423,9 @@ class StreamHandler:
         for thread in self._threads:
             thread.join(timeout=2)
         self._threads = []
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
         saver, self._saver = self._saver, None
         stopped = True
         if saver is not None:
@@ -625,8 +658,10 @@ class StreamHandler:
         self._check_result("save")
         with self._lock:
             result = self._latest
+            self._full_asked = True
         if result is None:
             raise DataError("save: no image yet; take one with the stream enabled")
+        result = self._complete(result)
         if not base:
             base = self._user_path(with_suffix(self._prefix_for(result.series)), "save")
         channels = result.channels or {"image": result.raw}
@@ -701,6 +736,11 @@ class StreamHandler:
             self._threads.append(thread)
         if self._saver is None:
             self._saver = TiffSaver(self.save_depth, self.save_bytes)
+        if int(self.options.workers) > 0 and self._pool is None:
+            self._pool = WorkerPool(int(self.options.workers), host=self._worker_host(),
+                                    port=int(self.options.worker_port),
+                                    queue_depth=self.queue_depth)
+            self._pool.start(wait_for=0)     # begin() waits for the local ones
 
     # -- receiver thread ---------------------------------------------------------
     def _on_event(self, event: Any) -> None:
@@ -727,6 +767,8 @@ class StreamHandler:
                     gen = self._gen if mine else -1
                 self._count_failure(gen, event.frame)
         elif isinstance(event, SeriesEnd):
+            if self._pool_gen is not None:
+                self._pool_finish()      # images lost on the way will not come
             self._series_ended(event.series)
             # Finish an HDF5RAW series whatever autosave and the mode are now
             # (a no-op when none is open); queued after the series' frames.
@@ -809,6 +851,7 @@ class StreamHandler:
             if event.appendix is not None:
                 meta["image_appendix"] = event.appendix
             job = _Job(event, self._seq, gen, meta)
+            pooled = self._accumulator if self._pool is not None else None
             save_single = self.autosave and self._accumulator is None
             save_raw = save_single and self.save_mode == "HDF5RAW"
             if save_raw:
@@ -823,6 +866,12 @@ class StreamHandler:
             # image may be counted without decoding when newer ones wait.
             if not save_single and self._accumulator is None:
                 job.skippable = True
+                rois = list(self.rois.values())
+                if self._roi_only and roi_stage.applies(
+                        rois, self.options.rotation, self.options.flipv, self.options.fliph):
+                    job.rois = rois
+                elif save_raw:
+                    job.rois = []
             if save_single:
                 index = None
                 if self.autoindex:
@@ -847,6 +896,9 @@ class StreamHandler:
             self._submit_save(
                 lambda: self._save_raw(event, meta, directory, prefix, per_file, overwrite),
                 event.nbytes, f"frame {event.frame} of series {event.series}")
+        if pooled is not None:
+            self._pool_accumulate(job, event, pooled)
+            return
         # Block while the workers are busy: back-pressure reaches zmq and the DCU.
         while not self._closing.is_set():
             try:
@@ -854,6 +906,58 @@ class StreamHandler:
                 return
             except queue.Full:
                 continue
+
+    # -- worker processes (--workers N), on the receiver thread --------------------
+    def _worker_host(self) -> str:
+        return "0.0.0.0" if int(self.options.worker_port) else "127.0.0.1"
+
+    def _pool_accumulate(self, job: _Job, event: ImageMessage,
+                         accumulator: imageproc.Accumulator) -> None:
+        """Hand one image of an accumulating count to the worker processes."""
+        pool = self._pool
+        assert pool is not None
+        if self._pool_gen != job.gen:
+            if self._pool_gen is not None:
+                self._pool_finish()
+            pool.begin(job.gen, "accum")
+            self._pool_gen, self._pool_sent = job.gen, 0
+        self._pool_meta = job.meta
+        if not pool.submit(job.gen, event):
+            self._errors.append(f"frame {event.frame} of series {event.series}: no stream "
+                                "worker took it; counted as lost")
+            self._loss.add("decode_failures")
+            self._count_failure(job.gen, event.frame)
+        else:
+            self._pool_sent += 1
+        with self._lock:
+            due = self._pool_sent + self._failed_in_count >= accumulator.nimages
+        if due:
+            self._pool_finish()
+
+    def _pool_finish(self) -> None:
+        """Merge the workers' partial sums of the open count and finish it."""
+        pool, gen = self._pool, self._pool_gen
+        self._pool_gen = None
+        if pool is None or gen is None:
+            return
+        merged = pool.finish(gen)
+        with self._lock:
+            accumulator = self._accumulator if gen == self._gen else None
+        for message in merged.errors + [reason for _, reason in merged.failed]:
+            self._errors.append(message)
+            log.warning("%s", message)
+        if accumulator is None:
+            return
+        accumulator.add_partial(merged.sums, merged.masks, merged.frames)
+        with self._cond:
+            if gen == self._gen:
+                # counted when merged: until then the count is not complete
+                self._collected += len(merged.frames)
+        for _ in merged.lost + merged.failed:
+            self._loss.add("decode_failures")
+            self._count_failure(gen)
+        if accumulator.added:
+            self._finish_accumulation(gen, accumulator, dict(self._pool_meta))
 
     # -- worker threads ----------------------------------------------------------
     def _work(self) -> None:
@@ -882,6 +986,9 @@ class StreamHandler:
     def _process(self, job: _Job) -> None:
         event = job.event
         assert event is not None
+        if job.rois is not None:
+            self._process_rois(job, event)
+            return
         try:
             arrays = {name: encoded.decode(f"frame {event.frame} of series {event.series}, "
                                            f"channel {name}")
@@ -914,6 +1021,26 @@ class StreamHandler:
                              frame=event.frame, nframes=1, metadata=job.meta)
         job.result = result
         self.observer.on_image(first, job.meta)
+        with self._cond:
+            if job.gen == self._gen:
+                self._collected += 1
+            # an image that is not the count's (a stale series) is never its result
+            if job.seq > self._latest_seq and job.gen == self._gen:
+                self._set_latest(result, job.seq)
+            self._cond.notify_all()
+
+    def _process_rois(self, job: _Job, event: ImageMessage) -> None:
+        """ROI-only count or HDF5RAW: only the ROI rows (if any) are decoded (roi_stage)."""
+        try:
+            result = roi_stage.partial_image(event, job.rois or [], job.meta, self.low_filter,
+                                             self.high_filter)
+        except DecodeError as exc:
+            job.failed = True
+            self._loss.add("decode_failures")
+            self._errors.append(str(exc))
+            log.warning("%s", exc)
+            self._count_failure(job.gen, event.frame)
+            return
         with self._cond:
             if job.gen == self._gen:
                 self._collected += 1
@@ -967,6 +1094,16 @@ class StreamHandler:
                 self._loss.add("unsaved")
                 log.warning("accumulated image of series %s not saved: saving is behind",
                             result.series)
+
+    def _complete(self, result: ImageResult) -> ImageResult:
+        """``result`` decoded whole (a ROI-only image is decoded now, once)."""
+        if not isinstance(result, roi_stage.PartialImage):
+            return result
+        full = result.complete()
+        with self._lock:
+            if self._latest is result:
+                self._latest = full
+        return full
 
     def _set_latest(self, result: ImageResult, seq: int) -> None:
         self._latest = result
@@ -1153,6 +1290,14 @@ class StreamHandler:
 
     def _stat(self, kind: str, bounds: Optional[tuple] = None) -> Any:
         self._check_result({"sum": "sum", "max": "maxval"}.get(kind, "roi"))
+        if kind == "roi":
+            with self._lock:
+                partial = self._latest
+            value = roi_stage.known_sum(partial, bounds, *self._delivery_key())
+            if value is not None:
+                return value
+        else:
+            self._full_asked = True
         image_key, latest = self._latest_delivered()
         if latest is None:
             with self._lock:

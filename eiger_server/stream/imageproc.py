@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from eiger_server.errors import DataError
+from eiger_server.stream import kernels
 
 ROTATIONS = (0, 90, 180, 270)
 
@@ -118,54 +119,41 @@ def deliver(image: np.ndarray, rotation: int = 0, flipv: bool = False, fliph: bo
     return np.ascontiguousarray(out)
 
 
+def _kernel_ok(image: np.ndarray) -> bool:
+    """True when the one-pass kernels apply (unsigned, not empty)."""
+    return image.dtype.kind == "u" and image.size > 0 and image.dtype.byteorder in "=|<"
+
+
 def masked_sum(image: np.ndarray) -> int | float:
     """Sum of the unmasked pixels."""
+    if _kernel_ok(image):
+        return kernels.stats(image)[0]
     masked_at = mask_value(image.dtype)
     if masked_at is None:
         return float(image.sum(dtype=np.float64))
-    total = int(image.sum(dtype=np.uint64 if image.dtype.kind == "u" else np.int64))
+    total = int(image.sum(dtype=np.int64))
     nmasked = int(np.count_nonzero(image == masked_at))
     return total - nmasked * masked_at
 
 
 def masked_max(image: np.ndarray) -> int | float:
     """Largest unmasked pixel (0 when every pixel is masked)."""
-    masked_at = mask_value(image.dtype)
     if image.size == 0:
         return 0
+    if _kernel_ok(image):
+        return kernels.stats(image)[1]
+    masked_at = mask_value(image.dtype)
     if masked_at is None:
         return float(image.max())
-    top = int(image.max())
-    if top != masked_at:
-        return top
     return int(np.max(image, where=image != masked_at, initial=0))
 
 
-def _wide_sum(image: np.ndarray) -> int:
-    """Exact sum of an unsigned image; 8/16-bit rows are summed in uint32 first
-    (a row cannot overflow it), which is about twice as fast as uint64."""
-    if image.ndim == 2 and image.dtype.itemsize <= 2 and image.shape[1] < 65536:
-        return int(image.sum(axis=1, dtype=np.uint32).sum(dtype=np.uint64))
-    return int(image.sum(dtype=np.uint64))
-
-
 def masked_stats(image: np.ndarray) -> tuple:
-    """(masked_sum, masked_max) in one go, sharing the masked-pixel count.
-
-    For unsigned images the largest unmasked value is found by adding 1 with
-    wrap-around (the mask value becomes 0), which is much faster than a
-    ``where=`` reduction.
-    """
-    masked_at = mask_value(image.dtype)
-    if masked_at is None or image.dtype.kind != "u" or image.size == 0:
-        return masked_sum(image), masked_max(image)
-    top = int(image.max())
-    nmasked = 0
-    if top == masked_at:
-        nmasked = int(np.count_nonzero(image == masked_at))
-        top = 0 if nmasked == image.size else \
-            int(np.add(image, 1, dtype=image.dtype).max()) - 1
-    return _wide_sum(image) - nmasked * masked_at, top
+    """(masked_sum, masked_max) in one pass over the image."""
+    if _kernel_ok(image):
+        total, top, _ = kernels.stats(image)
+        return total, top
+    return masked_sum(image), masked_max(image)
 
 
 def roi_bounds(shape: tuple, r0: int, r1: int, c0: int, c1: int) -> tuple:
@@ -187,21 +175,48 @@ def roi_bounds(shape: tuple, r0: int, r1: int, c0: int, c1: int) -> tuple:
 def roi_sum(image: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> int | float:
     """Masked-aware sum over rows r0..r1 and columns c0..c1 (inclusive)."""
     rows, cols = roi_bounds(image.shape, r0, r1, c0, c1)
+    if _kernel_ok(image) and image.ndim == 2:
+        return int(kernels.roi_sums(image, [(rows, cols)])[0])
     return masked_sum(image[rows, cols])
 
 
+class _Slot:
+    """One partial sum of an Accumulator, used by one thread at a time."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sums: Dict[str, np.ndarray] = {}
+        self.masks: Dict[str, np.ndarray] = {}
+
+
 class Accumulator:
-    """Sums the images of one count, channel by channel; thread-safe."""
+    """Sums the images of one count, channel by channel; thread-safe.
+
+    Each decode thread adds into a partial sum of its own (a free slot, so
+    threads never wait for each other's pass over a frame); :meth:`result`
+    adds the partial sums together. Adding an image and recording its masked
+    pixels is one pass (:func:`kernels.accumulate`).
+    """
 
     def __init__(self, nimages: int) -> None:
         self.nimages = max(1, int(nimages))
         self.added = 0
         self._lock = threading.Lock()
-        self._sums: Dict[str, np.ndarray] = {}
-        self._masks: Dict[str, np.ndarray] = {}
-        self._dtypes: Dict[str, np.dtype] = {}
+        self._slots: List[_Slot] = []
+        self._shapes: Dict[str, tuple] = {}
         self.first_frame: Optional[int] = None
         self.last_frame: Optional[int] = None
+
+    def _claim(self) -> _Slot:
+        """(under _lock) A free slot, locked; claimed before ``added`` counts
+        the image, so :meth:`result` waits for every image counted."""
+        for slot in self._slots:
+            if slot.lock.acquire(blocking=False):
+                return slot
+        slot = _Slot()
+        slot.lock.acquire()
+        self._slots.append(slot)
+        return slot
 
     def add(self, channels: Dict[str, np.ndarray], frame: int = 0) -> bool:
         """Add one image; True when this was the last one needed."""
@@ -209,32 +224,77 @@ class Accumulator:
             if self.added >= self.nimages:
                 return False
             for name, image in channels.items():
-                total = self._sums.get(name)
-                if total is None:
-                    self._dtypes[name] = image.dtype
-                    total = self._sums[name] = np.zeros(image.shape,
-                                                        accumulated_dtype(image.dtype))
-                    self._masks[name] = np.zeros(image.shape, dtype=bool)
-                if total.shape != image.shape:
+                shape = self._shapes.setdefault(name, image.shape)
+                if shape != image.shape:
                     raise DataError(f"accumulation: image {frame} is {image.shape[1]}x"
-                                    f"{image.shape[0]}, the first was {total.shape[1]}x"
-                                    f"{total.shape[0]}; the detector geometry changed")
-                np.add(total, image, out=total, casting="unsafe")
-                masked_at = mask_value(image.dtype)
-                if masked_at is not None:
-                    self._masks[name] |= image == masked_at
+                                    f"{image.shape[0]}, the first was {shape[1]}x"
+                                    f"{shape[0]}; the detector geometry changed")
             self.added += 1
             self.first_frame = frame if self.first_frame is None else min(self.first_frame, frame)
             self.last_frame = frame if self.last_frame is None else max(self.last_frame, frame)
-            return self.added >= self.nimages
+            finished = self.added >= self.nimages
+            slot = self._claim()
+        try:
+            for name, image in channels.items():
+                total = slot.sums.get(name)
+                if total is None:
+                    total = slot.sums[name] = np.zeros(image.shape,
+                                                       accumulated_dtype(image.dtype))
+                    slot.masks[name] = np.zeros(image.shape, dtype=bool)
+                if _kernel_ok(image):
+                    kernels.accumulate(total, slot.masks[name], image)
+                else:
+                    np.add(total, image, out=total, casting="unsafe")
+        finally:
+            slot.lock.release()
+        return finished
+
+    def add_partial(self, sums: Dict[str, np.ndarray], masks: Dict[str, np.ndarray],
+                    frames: List[int]) -> bool:
+        """Add the partial sum of ``frames`` made elsewhere (a worker process);
+        True when the count needs no more images."""
+        if not frames:
+            return False
+        with self._lock:
+            self.added += len(frames)
+            first, last = min(frames), max(frames)
+            self.first_frame = first if self.first_frame is None else min(self.first_frame, first)
+            self.last_frame = last if self.last_frame is None else max(self.last_frame, last)
+            finished = self.added >= self.nimages
+            slot = self._claim()
+        try:
+            for name, total in sums.items():
+                mine = slot.sums.get(name)
+                if mine is None:
+                    slot.sums[name] = total.copy()
+                    slot.masks[name] = masks[name].copy()
+                else:
+                    np.add(mine, total, out=mine)
+                    np.logical_or(slot.masks[name], masks[name], out=slot.masks[name])
+        finally:
+            slot.lock.release()
+        return finished
 
     def result(self) -> Dict[str, np.ndarray]:
         """The summed channels, masked pixels set to the result type's maximum."""
         with self._lock:
-            out = {}
-            for name, total in self._sums.items():
-                masked_at = mask_value(total.dtype)
-                if masked_at is not None:
-                    total[self._masks[name]] = masked_at
-                out[name] = total
+            slots = list(self._slots)
+        for slot in slots:
+            slot.lock.acquire()          # wait for a thread still adding
+        try:
+            out: Dict[str, np.ndarray] = {}
+            masks: Dict[str, np.ndarray] = {}
+            for slot in slots:
+                for name, total in slot.sums.items():
+                    if name not in out:
+                        out[name], masks[name] = total.copy(), slot.masks[name].copy()
+                    else:
+                        np.add(out[name], total, out=out[name])
+                        np.logical_or(masks[name], slot.masks[name], out=masks[name])
+            for name, total in out.items():
+                if mask_value(total.dtype) is not None:
+                    kernels.finish_accumulation(total, masks[name])
             return out
+        finally:
+            for slot in slots:
+                slot.lock.release()
