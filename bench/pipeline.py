@@ -87,7 +87,7 @@ def _server_main(conn: Any, port: int, version: str, bits: int, threads: int, pr
                  depth: int, outdir: str) -> None:
     from types import SimpleNamespace
 
-    from eiger_server.app.options import ServerOptions
+    from eiger_server.options import ServerOptions
     from eiger_server.control.settings import Settings
     from eiger_server.errors import DetectorError
     from eiger_server.stream.handler import StreamHandler

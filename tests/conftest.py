@@ -16,7 +16,7 @@ for _folder in sorted(Path(__file__).resolve().parent.glob("*/**/")):
 
 from helpers import SHARED, ServerProcess, in_ci, require_shared, server_args_for  # noqa: E402
 
-from eiger_server.app.options import ServerOptions  # noqa: E402
+from eiger_server.options import ServerOptions  # noqa: E402
 
 APIS = ["1.6.0", "1.8.0"]
 

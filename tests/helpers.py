@@ -138,7 +138,7 @@ class StubController:
                  **options) -> None:
         from types import SimpleNamespace
 
-        from eiger_server.app.options import ServerOptions
+        from eiger_server.options import ServerOptions
         from eiger_server.control.settings import Settings
         self.options = ServerOptions(stream_port=port, stream2_port=port, **options)
         self.simplon = SimpleNamespace(host="127.0.0.1", get=self._status)

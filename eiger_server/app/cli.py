@@ -7,8 +7,8 @@ import sys
 from typing import Any, List, Optional, Sequence
 
 from eiger_server import __version__
-from eiger_server.app.logsetup import setup_logging
-from eiger_server.app.options import PROGRAM, ServerOptions, parse_args
+from eiger_server.logsetup import setup_logging
+from eiger_server.options import PROGRAM, ServerOptions, parse_args
 from eiger_server.app.process import (LockError, LockFile, StartupReporter, daemonize,
                       install_signal_handlers, kill_running)
 

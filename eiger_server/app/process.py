@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Callable, Optional
 
-from eiger_server.app.options import PROGRAM, default_lockfile
+from eiger_server.options import PROGRAM, default_lockfile
 
 log = logging.getLogger(__name__)
 

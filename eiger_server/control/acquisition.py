@@ -31,8 +31,8 @@ import threading
 import time
 from typing import Any, Callable, Optional, Sequence
 
-from eiger_server.control.bindings import component
-from eiger_server.control.interfaces import CountingStream, DetectorConfig
+from eiger_server.components.binding import component
+from eiger_server.components.protocols import CountingStream, DetectorConfig
 from eiger_server.values import one_arg, parse_number
 from eiger_server.errors import DetectorError, EigerError, ParameterError
 from eiger_server.simplon.rest import SimplonClient

@@ -2,7 +2,7 @@
 
 Values are programmed only when they change; a PUT answers with the names it
 changed, and those are read again on next use. This is the DetectorConfig
-(interfaces.py) every component gets.
+(components/protocols.py) every component gets.
 """
 from __future__ import annotations
 

@@ -3,13 +3,13 @@
 ``get``/``set`` look a name up in the image_par table (table.py). SIMPLON rows
 go to the DCU through the REST client, with a cache so values are programmed
 only when they change; local rows call the methods their binding names
-(bindings.py) on this controller's instance of the binding's component:
+(components/binding.py) on this controller's instance of the binding's component:
 
 * access R/RW: ``read`` on get and ``write`` on set, with spec's words
 * access ``--`` (command): ``run`` on get and on set
 * ``background=True``: the call runs on the job runner (jobs.py)
 
-Components get narrow interfaces (interfaces.py), wired here; ``self.config``
+Components get narrow interfaces (components/protocols.py), wired here; ``self.config``
 (config.py), the cached SIMPLON configuration, is their DetectorConfig.
 
 Settings survive the DCU: every SIMPLON value spec sets is remembered, in
@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from eiger_server.app.options import ServerOptions
+from eiger_server.options import ServerOptions
 from eiger_server.control import table
 from eiger_server.control.acquisition import Acquisition
 from eiger_server.control.config import CachedConfig, ValueCache
@@ -83,7 +83,7 @@ class EigerController:
                                      seqid=lambda: self.acq.seqid)
         self.masks = PixelMasks(self.config, self.simplon, self.settings,
                                 latest=lambda: self.stream.latest())
-        # The instance that serves each binding's component (bindings.py).
+        # The instance that serves each binding's component (components/binding.py).
         self._components: Dict[type, Any] = {
             type(c): c for c in (self.settings, self.server, self.jobs, self.stream,
                                  self.acq, self.files, self.monitor, self.masks)}

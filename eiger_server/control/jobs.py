@@ -11,7 +11,7 @@ import logging
 import threading
 from typing import Any, Callable, Optional
 
-from eiger_server.control.bindings import component
+from eiger_server.components.binding import component
 from eiger_server.errors import Busy, EigerError
 from eiger_server.values import format_value
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from eiger_server.control.bindings import component
-from eiger_server.control.interfaces import FileSettings
+from eiger_server.components.binding import component
+from eiger_server.components.protocols import FileSettings
 from eiger_server.simplon.rest import SimplonClient
 from eiger_server.storage import paths
 from eiger_server.values import parse_number

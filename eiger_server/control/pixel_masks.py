@@ -35,8 +35,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from eiger_server.control.bindings import component
-from eiger_server.control.interfaces import DetectorConfig, FileSettings
+from eiger_server.components.binding import component
+from eiger_server.components.protocols import DetectorConfig, FileSettings
 from eiger_server.simplon.rest import SimplonClient
 from eiger_server.storage import paths
 from eiger_server.formats.darray import NUMPY_ORDER, darray_order, decode_darray, encode_darray

@@ -8,7 +8,7 @@ import threading
 from typing import Any, Callable
 
 from eiger_server import __version__
-from eiger_server.control.bindings import component
+from eiger_server.components.binding import component
 from eiger_server.errors import ParameterError
 from eiger_server.values import one_arg
 

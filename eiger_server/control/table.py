@@ -3,7 +3,7 @@
 One row per name says where the value lives: a SIMPLON parameter or command
 (``subsystem``/``task``/``key``, the key possibly different per API version)
 or the component methods that serve it (``local=Local(read=..., write=...)``,
-see bindings.py: a wrong binding fails when this module is imported), its
+see components/binding.py: a wrong binding fails when this module is imported), its
 access (R, RW, W or -- for commands), the SIMPLON versions that have it, and
 how text from spec converts (``conv``).
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 from eiger_server.control.acquisition import Acquisition
-from eiger_server.control.bindings import BindingError, Local
+from eiger_server.components.binding import BindingError, Local
 from eiger_server.control.jobs import JobRunner
 from eiger_server.control.monitor_images import MonitorImages
 from eiger_server.control.pixel_masks import PixelMasks

@@ -44,8 +44,8 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import unquote
 
-from eiger_server.control.bindings import component
-from eiger_server.control.interfaces import DetectorConfig, FileSettings
+from eiger_server.components.binding import component
+from eiger_server.components.protocols import DetectorConfig, FileSettings
 from eiger_server.simplon.rest import SimplonClient
 from eiger_server.storage import paths
 from eiger_server.values import one_arg, parse_bool, parse_number

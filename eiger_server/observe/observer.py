@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from eiger_server.app.logsetup import PROGRESS
+from eiger_server.logsetup import PROGRESS
 
 log = logging.getLogger(__name__)
 

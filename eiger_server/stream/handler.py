@@ -39,9 +39,9 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from eiger_server.app.options import ServerOptions
-from eiger_server.control.bindings import component
-from eiger_server.control.interfaces import DetectorConfig, FileSettings
+from eiger_server.options import ServerOptions
+from eiger_server.components.binding import component
+from eiger_server.components.protocols import DetectorConfig, FileSettings
 from eiger_server.simplon.rest import SimplonClient
 from eiger_server.stream import imageproc, roi_stage
 from eiger_server.storage import paths

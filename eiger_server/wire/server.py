@@ -40,7 +40,7 @@ import threading
 import time
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
-from eiger_server.app.logsetup import CLIENT
+from eiger_server.logsetup import CLIENT
 from eiger_server.wire.protocol import DEFAULT_MAX_LINE, Event, Payload, Reply, Request, ServerConnection
 
 log = logging.getLogger(__name__)

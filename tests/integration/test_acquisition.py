@@ -187,7 +187,7 @@ def test_preset_programs_the_series_a_scan_arms(controller, spy):
 
 
 def test_server_names_answer_without_a_detector(tmp_path):
-    from eiger_server.app.options import ServerOptions
+    from eiger_server.options import ServerOptions
     from eiger_server.control.controller import EigerController
     from eiger_server.errors import DetectorError
     from helpers import free_port

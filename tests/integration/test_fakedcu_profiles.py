@@ -10,7 +10,7 @@ import requests
 from eiger_server.fakedcu.app import FakeDCUApp
 from eiger_server.fakedcu.device.profiles import PROFILES, Profile, profile_named
 from eiger_server.fakedcu.__main__ import _parser
-from eiger_server.app.options import parse_args
+from eiger_server.options import parse_args
 
 
 class Frames:

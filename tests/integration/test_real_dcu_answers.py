@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 import pytest
 
-from eiger_server.app.options import ServerOptions
+from eiger_server.options import ServerOptions
 from eiger_server.errors import ParameterError
 
 WIDTH, HEIGHT = 1030, 514

@@ -15,7 +15,7 @@ import pytest
 import tifffile
 
 from helpers import SHARED, free_port, require_shared, wait_for
-from eiger_server.app.options import ServerOptions
+from eiger_server.options import ServerOptions
 from eiger_server.fakedcu.sources.replay import push_v1_session, v1_session
 from eiger_server.formats import stream_v1
 from eiger_server.formats.decode import decode

@@ -252,7 +252,7 @@ def test_save_command_and_overwrite_rule(controller, fake_dcu):
 
 # -- over the wire: eiger_server as spec runs it ---------------------------------------------
 def _server_has_stream_options() -> bool:
-    from eiger_server.app.options import build_parser
+    from eiger_server.options import build_parser
     try:
         build_parser().parse_args(["--stream-port", "1", "--stream2-port", "2"])
     except SystemExit:

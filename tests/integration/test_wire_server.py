@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from eiger_server.wire.client import WireClient, WireError
-from eiger_server.app.logsetup import CLIENT
+from eiger_server.logsetup import CLIENT
 from eiger_server.wire.protocol import ClientConnection, Reply, Request, array_reply, payload_size
 from eiger_server.wire.server import HardwareServer
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from eiger_server.wire.client import WireClient
-from eiger_server.app.logsetup import CLIENT, PROGRESS, setup_logging, vlog
-from eiger_server.app.options import ServerOptions, parse_args
+from eiger_server.logsetup import CLIENT, PROGRESS, setup_logging, vlog
+from eiger_server.options import ServerOptions, parse_args
 from eiger_server.app.process import LockFile, pid_alive
 
 ROOT = Path(__file__).resolve().parents[2]

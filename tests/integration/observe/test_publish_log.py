@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import zmq
 
-from eiger_server.app.logsetup import PROGRESS
+from eiger_server.logsetup import PROGRESS
 from eiger_server.observe.observer import Observer
 from eiger_server.observe.publish import Publisher
 from helpers import free_port, wait_for

@@ -11,10 +11,10 @@ import textwrap
 
 import pytest
 
-from eiger_server.app.options import ServerOptions, build_parser, parse_args
+from eiger_server.options import ServerOptions, build_parser, parse_args
 from eiger_server.control import table
 from eiger_server.control.acquisition import Acquisition
-from eiger_server.control.bindings import (ROLE_ARGS, BindingError, Local, component,
+from eiger_server.components.binding import (ROLE_ARGS, BindingError, Local, component,
                                            registered_components)
 from eiger_server.control.table import Param
 from eiger_server.errors import ParameterError
@@ -30,7 +30,7 @@ def test_a_module_declaring_a_wrong_binding_fails_at_import(tmp_path, monkeypatc
     """A table module binding a read-write row to a getter only does not import."""
     (tmp_path / "wrong_table.py").write_text(textwrap.dedent("""
         from eiger_server.control.acquisition import Acquisition
-        from eiger_server.control.bindings import Local
+        from eiger_server.components.binding import Local
         from eiger_server.control.table import Param
 
         ROWS = [Param("acq_mode", "DATA", "RW", "ALL", "mode",
@@ -44,7 +44,7 @@ def test_a_module_declaring_a_wrong_binding_fails_at_import(tmp_path, monkeypatc
 
 def test_a_misspelt_method_fails_at_import(tmp_path, monkeypatch):
     (tmp_path / "typo_table.py").write_text(textwrap.dedent("""
-        from eiger_server.control.bindings import Local
+        from eiger_server.components.binding import Local
         from eiger_server.stream.handler import StreamHandler
 
         BINDING = Local(read=StreamHandler.get_autosav)
@@ -134,10 +134,10 @@ def test_a_controller_has_an_instance_of_every_bound_component(tmp_path):
 ])
 def test_what_the_controller_wires_provides_each_interface(protocol, implementation):
     """Protocols are not checked at run time: check the wired classes by name."""
-    from eiger_server.control import interfaces
+    from eiger_server.components import protocols
     module, name = implementation.rsplit(".", 1)
     cls = getattr(importlib.import_module(module), name)
-    members = [m for m in vars(getattr(interfaces, protocol)) if not m.startswith("_")]
+    members = [m for m in vars(getattr(protocols, protocol)) if not m.startswith("_")]
     instance_attrs = {"data_directory", "prefix"}      # Settings sets these in __init__
     for member in members:
         assert hasattr(cls, member) or member in instance_attrs, f"{name} lacks {member}"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from eiger_server.app.options import ServerOptions
+from eiger_server.options import ServerOptions
 from eiger_server.control.controller import EigerController
 from eiger_server.control.table import Param
 from eiger_server.errors import ParameterError

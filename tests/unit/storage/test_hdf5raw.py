@@ -185,7 +185,7 @@ def test_stream_handler_hdf5raw_save_mode_drops_and_counts_when_saving_is_behind
     from eiger_server.stream.handler import StreamHandler
     from eiger_server.formats.stream_events import ImageMessage
 
-    from eiger_server.app.options import ServerOptions
+    from eiger_server.options import ServerOptions
     detector = SimpleNamespace(config_value=lambda *a, **k: 5)
     settings = SimpleNamespace(data_directory=str(tmp_path), prefix="s$id")
     handler = StreamHandler(detector, SimpleNamespace(host="127.0.0.1"), settings,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from eiger_server.app.options import ServerOptions
+from eiger_server.options import ServerOptions
 from eiger_server.formats.stream_events import StreamErrorEvent
 from eiger_server.stream.counters import Counters
 from eiger_server.stream.handler import StreamHandler
