@@ -132,6 +132,8 @@ class TiffSaver:
         self._queued_bytes = 0
         self._busy = False
         self._stop = False
+        self._submitted = 0       # jobs accepted so far, and jobs finished (run or discarded)
+        self._finished = 0
         self.saved = 0
         self.failed = 0
         self.dropped = 0          # jobs carrying data that close() discarded unrun
@@ -152,6 +154,7 @@ class TiffSaver:
                     self._jobs and self._queued_bytes + nbytes > self.max_bytes)):
                 return False
             self._jobs.append((job, nbytes))
+            self._submitted += 1
             self._queued_bytes += nbytes
             self._cond.notify_all()
             return True
@@ -175,6 +178,14 @@ class TiffSaver:
         with self._cond:
             return self._cond.wait_for(lambda: not self._jobs and not self._busy, timeout)
 
+    def wait_submitted(self, timeout: float = 10.0) -> bool:
+        """Wait until the jobs queued before this call have run (later ones
+        are not waited for, so a running series cannot keep it waiting);
+        False on timeout."""
+        with self._cond:
+            target = self._submitted
+            return self._cond.wait_for(lambda: self._finished >= target or self._stop, timeout)
+
     def close(self, timeout: float = 10.0) -> bool:
         """Finish the queued jobs (up to ``timeout``), then stop the thread.
 
@@ -189,6 +200,7 @@ class TiffSaver:
                 self.dropped += discarded
                 log.error("%d queued images not saved: the server is stopping", discarded)
             self._queued_bytes -= sum(nbytes for _, nbytes in self._jobs)
+            self._finished += len(self._jobs)
             self._jobs.clear()
             self._cond.notify_all()
         self._thread.join(timeout=2)
@@ -217,5 +229,6 @@ class TiffSaver:
             finally:
                 with self._cond:
                     self._queued_bytes -= nbytes
+                    self._finished += 1
                     self._busy = False
                     self._cond.notify_all()

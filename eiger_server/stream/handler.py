@@ -546,6 +546,14 @@ class StreamHandler:
         return int(self.autosave)
 
     def get_latest_file(self) -> str:
+        """The last file written. A count ends when its images are in, and
+        they are saved after: wait for the saves queued so far, so the name is
+        never the previous count's."""
+        saver = self._saver
+        if saver is not None and not saver.wait_submitted(10.0):
+            raise DataError("stream_latest_file: the images queued for saving are not all "
+                            "written after 10 s (the disk is slow or full; see stream_error); "
+                            "ask again")
         return self.latest_file
 
     def get_overwrite_images(self) -> int:
