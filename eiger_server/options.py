@@ -166,6 +166,10 @@ def _publish_address(text: str) -> str:
     return text
 
 
+# The fake DCU's profile presets (fakedcu/device/profiles.py PROFILES; a unit
+# test keeps the two equal), named here so the parser need not import the fake.
+FAKE_PROFILES = ("ideal", "simplon-1.8-real", "simplon-1.6-real", "eager-simulator")
+
 _DEFAULTS = ServerOptions()
 
 
@@ -259,8 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     # names checked by the fake (fakedcu/device/profiles.py), which this
     # module does not import: the server needs none of it without --fake-dcu
     fake.add_argument("--fake-profile", default=d.fake_profile, metavar="NAME",
-                      help="how the simulated DCU sequences a series: ideal, simplon-1.8-real, "
-                      f"simplon-1.6-real or eager-simulator (default {d.fake_profile})")
+                      choices=FAKE_PROFILES,
+                      help="how the simulated DCU behaves: " + ", ".join(FAKE_PROFILES)
+                      + f" (default {d.fake_profile})")
     return p
 
 

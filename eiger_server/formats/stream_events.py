@@ -1,6 +1,6 @@
 """What one stream message means, whatever the stream version.
 
-streamv1.py and streamv2.py turn zmq messages into these events; the
+stream_v1.py and stream_v2.py turn zmq messages into these events; the
 receiver and the stream handler work only with them.
 """
 from __future__ import annotations

@@ -152,6 +152,8 @@ class StreamHandler:
         self._expected = 0
         self._collected = 0
         self._failed_in_count = 0
+        self._lost_in_count = 0              # ... of which lost in transit (not unreadable)
+        self._last_meta: Dict[str, Any] = {}  # the metadata of the count's latest image
         self._lost_seen = 0
         # which images are the count's: those of series _count_series (None:
         # any, but not one of _stale_series) with frames in [_count_lo, _count_hi)
@@ -272,6 +274,8 @@ class StreamHandler:
         self._stale_series = frozenset()
         self._lost_frames = []
         self._bad_frames = []
+        self._lost_in_count = 0
+        self._last_meta = {}
         self._outcome = None
         self._accumulator = None
         # the previous count's result is never presented as this one's
@@ -298,12 +302,13 @@ class StreamHandler:
                 return None
             parts = []
             total = max(self._expected, self._collected + self._failed_in_count)
-            lost = self._failed_in_count - len(self._bad_frames)
+            lost = self._lost_in_count
+            bad = self._failed_in_count - lost
             if lost > 0:
                 parts.append(f"{lost} of {total} images were lost in transit"
                              + _frames_text(self._lost_frames))
-            if self._bad_frames:
-                parts.append(f"{len(self._bad_frames)} of {total} images arrived unreadable"
+            if bad > 0:
+                parts.append(f"{bad} of {total} images arrived unreadable"
                              + _frames_text(self._bad_frames))
             return "; ".join(parts) + "; this count has no valid result"
 
@@ -769,7 +774,8 @@ class StreamHandler:
                 # an image that came but cannot be read is lost for the user
                 self._loss.add("decode_failures")
                 with self._lock:
-                    mine = self._count_series in (None, event.series)
+                    mine = (self._count_series is None if event.series is None
+                            else self._of_count(event.series, event.frame))
                     if mine and event.series == self._count_series:
                         self._count_next = max(self._count_next, event.frame + 1)
                     gen = self._gen if mine else -1
@@ -789,17 +795,23 @@ class StreamHandler:
         if not self._recent_series or self._recent_series[-1] != series:
             self._recent_series.append(series)
 
+    def _of_count(self, series: int, frame: int) -> bool:
+        """(under _lock) Is frame ``frame`` of ``series`` one of the running count's?"""
+        if series in self._stale_series:
+            return False
+        if self._count_series is None:
+            return True
+        return series == self._count_series and frame >= self._count_lo and (
+            self._count_hi is None or frame < self._count_hi)
+
     def _belongs(self, event: ImageMessage) -> bool:
         """(under _lock, receiver thread, stream order) Is ``event`` one of the
         running count's images? Frames of the count skipped over are lost."""
-        if event.series in self._stale_series:
+        if not self._of_count(event.series, event.frame):
             return False
         if self._count_series is None:
             return True
         frame = event.frame
-        if event.series != self._count_series or frame < self._count_lo or (
-                self._count_hi is not None and frame >= self._count_hi):
-            return False
         if frame > self._count_next:
             self._mark_lost(range(self._count_next, frame))
         self._count_next = max(self._count_next, frame + 1)
@@ -810,6 +822,7 @@ class StreamHandler:
         if not frames:
             return
         self._failed_in_count += len(frames)
+        self._lost_in_count += len(frames)
         if len(self._lost_frames) < 1000:
             self._lost_frames.extend(frames[:1000])
         self._cond.notify_all()
@@ -830,7 +843,8 @@ class StreamHandler:
             accumulator = self._accumulator if gen == self._gen else None
             done = accumulator is not None and accumulator.added > 0 and \
                 accumulator.added + self._failed_in_count >= accumulator.nimages
-            meta = dict(self._count_meta)
+            # the latest image's metadata (series, times) over the count's own
+            meta = dict(self._count_meta, **self._last_meta)
         if done:
             assert accumulator is not None
             self._finish_accumulation(gen, accumulator, meta)
@@ -846,6 +860,7 @@ class StreamHandler:
                 if self._count_series is None:
                     # frames the receiver found missing belong to the running count
                     self._failed_in_count += lost_now - self._lost_seen
+                    self._lost_in_count += lost_now - self._lost_seen
                     self._cond.notify_all()
                 self._lost_seen = lost_now
             lost_more = self._failed_in_count > lost_before
@@ -859,7 +874,9 @@ class StreamHandler:
             if event.appendix is not None:
                 meta["image_appendix"] = event.appendix
             job = _Job(event, self._seq, gen, meta)
-            pooled = self._accumulator if self._pool is not None else None
+            if gen == self._gen:
+                self._last_meta = meta
+            pooled = self._accumulator if self._pool is not None and gen == self._gen else None
             save_single = self.autosave and self._accumulator is None
             save_raw = save_single and self.save_mode == "HDF5RAW"
             if save_raw:
@@ -961,9 +978,12 @@ class StreamHandler:
             if gen == self._gen:
                 # counted when merged: until then the count is not complete
                 self._collected += len(merged.frames)
-        for _ in merged.lost + merged.failed:
+        for frame in merged.lost:                # a worker died with them
             self._loss.add("decode_failures")
-            self._count_failure(gen)
+            self._count_failure(gen, frame, lost=True)
+        for frame, _ in merged.failed:
+            self._loss.add("decode_failures")
+            self._count_failure(gen, frame)
         if accumulator.added:
             self._finish_accumulation(gen, accumulator, dict(self._pool_meta))
 
@@ -1074,10 +1094,9 @@ class StreamHandler:
                              series=int(meta.get("series", 0)),
                              frame=int(accumulator.last_frame or 0),
                              nframes=accumulator.added, metadata=meta)
-        self.observer.on_image(first, meta)
         with self._cond:
             if gen != self._gen or self._accumulator is not accumulator:
-                return
+                return                    # finished already (or a new count began)
             self._accumulator = None
             self._seq += 1
             self._set_latest(result, self._seq)
@@ -1091,6 +1110,7 @@ class StreamHandler:
                 directory = self.settings.data_directory
                 prefix = self._prefix_for(result.series)
                 overwrite = self.overwrite
+        self.observer.on_image(first, meta)
         if save:
             job = _Job(None, 0, gen, meta)   # type: ignore[arg-type]
             job.result = result
@@ -1119,13 +1139,19 @@ class StreamHandler:
         self._delivered = None
         self._stats = {}
 
-    def _count_failure(self, gen: int, frame: Optional[int] = None) -> None:
-        """An image (``frame``) of count ``gen`` arrived and cannot be read."""
+    def _count_failure(self, gen: int, frame: Optional[int] = None, *,
+                       lost: bool = False) -> None:
+        """An image (``frame``) of count ``gen`` arrived and cannot be read
+        (``lost``: it never arrived, e.g. a worker died with it)."""
         with self._cond:
             if gen != self._gen:
                 return
             self._failed_in_count += 1
-            if len(self._bad_frames) < 1000:
+            if lost:
+                self._lost_in_count += 1
+                if len(self._lost_frames) < 1000 and frame is not None:
+                    self._lost_frames.append(int(frame))
+            elif len(self._bad_frames) < 1000:
                 self._bad_frames.append(-1 if frame is None else int(frame))
             self._cond.notify_all()
         # finish with the images that did arrive; the rest are in dropped

@@ -25,7 +25,7 @@ def _browser_missing() -> str:
     try:
         import selenium  # noqa: F401
     except ImportError:
-        return "the selenium package is not installed (pip install -r requirements.txt)"
+        return "the selenium package is not installed (make venv installs it: the test extra in pyproject.toml)"
     if not CHROMIUM:
         return "chromium is not installed (apt-get install chromium chromium-driver)"
     if not shutil.which(CHROMEDRIVER):

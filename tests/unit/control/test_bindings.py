@@ -161,3 +161,12 @@ def test_stream_workers_is_an_option_and_reaches_the_stream(tmp_path):
         assert handler.workers == 3
     finally:
         handler.close()
+
+
+def test_fake_profile_choices_are_the_fakes_presets():
+    """--fake-profile is checked by the parser against the fake DCU's own presets."""
+    from eiger_server.fakedcu.device.profiles import PROFILES
+    from eiger_server.options import FAKE_PROFILES, parse_args
+    assert FAKE_PROFILES == tuple(PROFILES)
+    with pytest.raises(SystemExit):
+        parse_args(["--fake-dcu", "--fake-profile", "bogus"])
