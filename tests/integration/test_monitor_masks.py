@@ -30,7 +30,7 @@ def dcu_array(ctrl, key: str) -> np.ndarray:
 
 
 # -- monitor ------------------------------------------------------------
-@pytest.mark.parametrize("api", ["1.8.0"])
+@pytest.mark.parametrize("api", ["1.6.0", "1.8.0"])
 def test_monitor_images_save_and_pop(controller, fake_dcu, tmp_path):
     ctrl, app = controller, fake_dcu
     ctrl.set("prefix", ["mon_$id"])
@@ -74,14 +74,28 @@ def test_monitor_images_save_and_pop(controller, fake_dcu, tmp_path):
         ctrl.get("monitor_pop")
     # The latest image of one threshold is asked by series and id, never images/monitor/<n>.
     paths = [entry[1] for entry in list(app.http.request_log) if "/images/" in entry[1]]
-    assert f"/monitor/api/1.8.0/images/{seqid}/2/1" in paths
+    assert f"/monitor/api/{app.model.api}/images/{seqid}/2/1" in paths
     assert not [p for p in paths if "/images/monitor/" in p]
 
 
-@pytest.mark.parametrize("api", ["1.6.0"])
-def test_monitor_needs_simplon_1_8(controller):
-    with pytest.raises(ParameterError, match="needs SIMPLON 1.8 or later"):
-        controller.get("monitor_pop")
+@pytest.mark.parametrize("api", ["1.6.0", "1.8.0"])
+def test_monitor_status_has_each_versions_keys(controller, fake_dcu):
+    ctrl = controller
+    assert ctrl.get("monitor_mode") == "0" and ctrl.get("buffer_size") == "100"
+    ctrl.set("monitor_mode", ["1"])
+    seqid = acquire(ctrl, 2)
+    wait_for(lambda: ctrl.get("monitor_images") == f"[[{seqid}, [0, 1]]]", 10,
+             what="two images in the monitor")
+    assert ctrl.get("buffer_fill_level") == "2 100"
+    keys = set(ctrl.simplon.keys("monitor", "status"))
+    status = {key: ctrl.simplon.get_value("monitor", "status", key) for key in keys}
+    if fake_dcu.model.api == "1.6.0":
+        assert "buffer_free" not in keys
+        # images/next would hand out image 0, images/monitor image 1
+        assert (status["next_image_number"], status["monitor_image_number"]) == (0, 1)
+    else:
+        assert "next_image_number" not in keys and "monitor_image_number" not in keys
+        assert status["buffer_free"] == 98
 
 
 # -- pixel mask and flatfield -------------------------------------------------
