@@ -244,6 +244,37 @@ def test_pixelmask_reaches_every_threshold_on_1_8(controller, fake_dcu, tmp_path
         ctrl.get("pixelmask_save", ["3", "x"])
 
 
+@pytest.mark.parametrize("api", ["1.8.0"])
+def test_each_channel_carries_its_own_thresholds_mask_over_the_v2_stream(controller, fake_dcu,
+                                                                        tmp_path):
+    ctrl, app, data = controller, fake_dcu, tmp_path / "data"
+    channels = ("threshold_1", "threshold_2", "difference")
+    for key in ("threshold/1/mode", "threshold/2/mode", "threshold/difference/mode"):
+        ctrl.set(key, ["1"])
+    one, two = (100, 200), (300, 400)               # pixels the factory mask leaves alone
+    factory = dcu_array(ctrl, "threshold/1/pixel_mask")
+    assert factory[one] == factory[two] == 0
+    for threshold, pixel, name in (("1", one, "m1"), ("2", two, "m2")):
+        mask = factory.copy()
+        mask[pixel] |= 2                            # flagged noisy
+        np.save(data / f"{name}.npy", mask)
+        ctrl.get("pixelmask_load", [threshold, name])
+    ctrl.set("stream_version", ["V2"])
+    ctrl.set("stream_mode", ["1"])
+    acquire(ctrl, 1)
+    wait_for(lambda: ctrl.stream.latest() is not None, 10, what="a streamed image")
+    received = ctrl.stream.latest().channels
+    assert sorted(received) == sorted(channels)
+    top = np.iinfo(received["threshold_1"].dtype).max
+    masked_by = {"threshold_1": [one], "threshold_2": [two], "difference": [one, two]}
+    for channel in channels:
+        expected = source_frame(app, 0, channels, channel).copy()
+        assert expected[one] != top and expected[two] != top
+        for pixel in masked_by[channel]:
+            expected[pixel] = top
+        np.testing.assert_array_equal(received[channel], expected, err_msg=channel)
+
+
 @pytest.mark.parametrize("api", ["1.6.0"])
 def test_pixelmask_threshold_on_1_6_is_refused_clearly(controller):
     with pytest.raises(ParameterError, match="SIMPLON 1.6.0 has one mask"):
