@@ -162,15 +162,22 @@ def test_flatfield_save(controller, tmp_path):
     assert controller.get("flatfield_save") == "/tmp/flatfield.npy"
 
 
-@pytest.mark.parametrize("api", ["1.8.0"])
-def test_pixelmask_calibrate_flags_counting_pixels(controller, monkeypatch):
+@pytest.mark.parametrize("api", ["1.6.0", "1.8.0"])
+def test_pixelmask_calibrate_flags_counting_pixels(controller, fake_dcu, monkeypatch, tmp_path):
     ctrl = controller
+    on_1_8 = fake_dcu.model.api == "1.8.0"
     old = dcu_array(ctrl, "pixel_mask")
     dark = np.zeros(old.shape, np.uint16)
     dark[10, 20] = 3                      # hot pixels in a dark image
     dark[-1, 5] = 1
     dark[0, 0] = 65535                    # a gap/masked value: not a hot pixel
     already = np.argwhere(old & 8)
+    if on_1_8:
+        # threshold 2's mask already knows one of the hot pixels: it gains one only
+        second = old.copy()
+        second[10, 20] |= 8
+        np.save(tmp_path / "data" / "second.npy", second)
+        ctrl.get("pixelmask_load", ["2", "second"])
     monkeypatch.setattr(ctrl.stream, "latest", lambda: None)
     assert ctrl.set("pixelmask_calibrate") == "started"
     assert wait_job(ctrl) == ("error: no image yet: take a dark image with the stream "
@@ -181,11 +188,32 @@ def test_pixelmask_calibrate_flags_counting_pixels(controller, monkeypatch):
     expected = old.copy()
     expected[10, 20] |= 8
     expected[-1, 5] |= 8
-    assert answer == str(int(np.count_nonzero(expected != old)))
     assert ctrl.get("get_command") == "pixelmask_calibrate"
+    if on_1_8:
+        assert answer == ("pixel mask calibrated from the latest image into thresholds 1, 2 "
+                          "(each one's mask): newly flagged pixels: 2 in threshold 1, "
+                          "1 in threshold 2; old masks kept in /tmp/pixelmask.bck, "
+                          "/tmp/pixelmask_2.bck")
+        for key in ("threshold/1/pixel_mask", "threshold/2/pixel_mask"):
+            np.testing.assert_array_equal(dcu_array(ctrl, key), expected)
+        np.testing.assert_array_equal(np.load("/tmp/pixelmask_2.bck", allow_pickle=False),
+                                      second)
+    else:
+        assert answer == ("pixel mask calibrated from the latest image into the pixel mask: "
+                          "2 newly flagged pixels; old mask kept in /tmp/pixelmask.bck")
     np.testing.assert_array_equal(dcu_array(ctrl, "pixel_mask"), expected)
     np.testing.assert_array_equal(np.load("/tmp/pixelmask.bck", allow_pickle=False), old)
     assert len(already) == 0 or (dcu_array(ctrl, "pixel_mask")[tuple(already.T)] & 8).all()
+
+    if on_1_8:
+        # one threshold: only its mask, and the answer names it
+        dark[3, 4] = 2
+        ctrl.set("pixelmask_calibrate", ["2"])
+        assert wait_job(ctrl) == ("pixel mask calibrated from the latest image into "
+                                  "threshold 2 (its mask): 1 newly flagged pixel; old mask "
+                                  "kept in /tmp/pixelmask.bck")
+        assert dcu_array(ctrl, "threshold/2/pixel_mask")[3, 4] & 8
+        assert not dcu_array(ctrl, "threshold/1/pixel_mask")[3, 4] & 8
 
 
 @pytest.mark.parametrize("api", ["1.8.0"])
@@ -200,7 +228,10 @@ def test_pixelmask_calibrate_on_a_streamed_image(controller):
     answer = wait_job(ctrl)
     counted = (raw != 0) & (raw != np.iinfo(raw.dtype).max)
     expected = old | np.where(counted, np.uint32(8), np.uint32(0))
-    assert int(answer) > 0 and answer == str(int(np.count_nonzero(expected != old)))
+    flagged = int(np.count_nonzero(expected != old))
+    assert flagged > 0
+    assert f"newly flagged pixels: {flagged} in threshold 1, {flagged} in threshold 2;" \
+        in answer
     np.testing.assert_array_equal(dcu_array(ctrl, "pixel_mask"), expected)
 
 
