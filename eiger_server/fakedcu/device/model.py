@@ -967,18 +967,20 @@ def _channel_masks(det: Dict[str, Any], channels: List[str], width: int,
 
     On 1.8 threshold_1 and threshold_2 follow their own ``threshold/<n>/pixel_mask``
     and ``difference`` the union of both; on 1.6 every channel follows
-    ``pixel_mask``. Empty when ``pixel_mask_applied`` is off or no mask was
-    changed, so a series with the factory masks costs nothing per frame.
+    ``pixel_mask``. Empty when ``pixel_mask_applied`` is off or no mask flags
+    more than the factory one, so such a series costs nothing per frame.
     """
     if not det.get("pixel_mask_applied", True):
         return {}
     own = {c: det.get(f"threshold/{c[-1]}/pixel_mask", det["pixel_mask"])
            for c in ("threshold_1", "threshold_2")}
-    own["difference"] = own["threshold_1"] | own["threshold_2"]
     factory = default_pixel_mask(width, height) != 0
     out: Dict[str, np.ndarray] = {}
     for channel in channels:
-        mask = own.get(channel, det["pixel_mask"])
+        if channel == "difference":
+            mask = own["threshold_1"] | own["threshold_2"]
+        else:
+            mask = own.get(channel, det["pixel_mask"])
         if mask.shape != (height, width):
             continue                     # a geometry change resets the masks
         flat = np.flatnonzero((mask != 0) & ~factory)

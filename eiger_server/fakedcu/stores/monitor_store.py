@@ -2,10 +2,10 @@
 
 :class:`MonitorStore` is a :class:`~eiger_server.fakedcu.interfaces.FrameSink`
 that is active while the monitor ``mode`` is ``enabled`` (SIMPLON 1.6 and 1.8
-alike). It keeps references to the last
-``buffer_size`` images (no copies: the engine hands over arrays it does not
-reuse). With ``discard_new`` a full buffer refuses new images, which are
-counted in ``dropped``; otherwise the oldest image makes room.
+alike). It keeps references to the last ``buffer_size`` images (no copies:
+the engine hands over arrays it does not reuse). With ``discard_new`` a full
+buffer refuses new images, which are counted in ``dropped``; otherwise the
+oldest image makes room.
 
 Status values (:meth:`MonitorStore.status`):
 
@@ -18,8 +18,8 @@ Status values (:meth:`MonitorStore.status`):
 * ``monitor_image_number`` (1.6 only): id of the image ``images/monitor``
   hands out (the latest), -1 when there is none.
 
-The defaults (both versions) are the real 1.8 ones: disabled, 100 images, ``discard_new``
-true (a full buffer keeps its first images).
+The defaults (both versions) are the real 1.8 ones: disabled, 100 images,
+``discard_new`` true (a full buffer keeps its first images).
 
 ``threshold`` n in the image requests selects channel n-1 of the series'
 channel list (1 = threshold_1, 2 = threshold_2, 3 = difference when present);
