@@ -1,4 +1,4 @@
-"""Monitor images (SIMPLON 1.8): monitor_images, monitor_save,
+"""Monitor images (SIMPLON 1.6 and 1.8): monitor_images, monitor_save,
 monitor_save_threshold, monitor_pop.
 
 The monitor hands out TIFF files; they are written unchanged into

@@ -224,9 +224,10 @@ class PixelMasks:
             raise DataError(f"the mask in '{source}' has values outside 0..4294967295")
         return np.ascontiguousarray(array, dtype=np.uint32)
 
-    def do_pixelmask_calibrate(self, *args: str) -> int:
+    def do_pixelmask_calibrate(self, *args: str) -> str:
         """``pixelmask_calibrate [threshold]``: flag every pixel that counted in the
-        latest (dark) image; the number newly flagged (in the first mask touched)."""
+        latest (dark) image; the answer names each mask touched and the pixels
+        newly flagged in it."""
         threshold, rest = _threshold_first(args)
         if rest:
             raise ParameterError(f"pixelmask_calibrate takes only a threshold number; got "
@@ -242,6 +243,7 @@ class PixelMasks:
             counted &= raw != np.iinfo(raw.dtype).max   # gap or already masked
         targets = self._mask_keys(threshold, every=True)
         counts = []
+        backups = []
         for index, (key, _) in enumerate(targets):
             old = self.current_mask(key)
             if raw.shape != old.shape:
@@ -250,12 +252,20 @@ class PixelMasks:
             new = old | np.where(counted, np.uint32(HOT_BIT), np.uint32(0))
             counts.append(int(np.count_nonzero(new != old)))
             # Keep the old mask before touching the DCU's.
-            self._save_array(old, BACKUP_FILE if index == 0 else
-                             f"{BACKUP_FILE[:-4]}_{key.split('/')[1]}.bck", "previous pixel mask")
+            backups.append(BACKUP_FILE if index == 0 else
+                           f"{BACKUP_FILE[:-4]}_{key.split('/')[1]}.bck")
+            self._save_array(old, backups[-1], "previous pixel mask")
             self.load_mask(new, key)
-        log.info("pixelmask_calibrate: newly flagged pixels in %s: %s (old mask in %s)",
-                 _labels(targets), ", ".join(map(str, counts)), BACKUP_FILE)
-        return counts[0]
+        if len(targets) == 1:
+            flagged = f"{counts[0]} newly flagged pixel{'' if counts[0] == 1 else 's'}"
+        else:
+            flagged = "newly flagged pixels: " + ", ".join(
+                f"{count} in {label}" for count, (_, label) in zip(counts, targets))
+        answer = (f"pixel mask calibrated from the latest image into {_labels(targets)}: "
+                  f"{flagged}; old mask{'s' if len(backups) > 1 else ''} kept in "
+                  f"{', '.join(backups)}")
+        log.info("pixelmask_calibrate: %s", answer)
+        return answer
 
 
 def _threshold_first(args: Sequence[str]) -> Tuple[Optional[int], List[str]]:

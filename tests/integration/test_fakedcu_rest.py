@@ -234,16 +234,17 @@ def test_names_the_version_lacks_are_404(dcu):
         assert isinstance(dcu.get("board_000/th0_temp", "status"), float)
         assert isinstance(dcu.get("board_000/th0_humidity", "status"), float)
         assert isinstance(dcu.get("builder/dcu_buffer_free", "status"), float)
-        r = requests.get(f"{dcu.base}/monitor/api/1.6.0/config/mode", timeout=5)
-        assert r.status_code == 404
-        r = requests.get(f"{dcu.base}/monitor/api/1.6.0/images", timeout=5)
-        assert r.status_code == 404
+        # 1.6 has the monitor too, with its own status keys
+        assert dcu.get("mode", subsystem="monitor") == "disabled"
+        assert dcu.raw_get("buffer_free", "status", "monitor").status_code == 404
+        assert dcu.get("next_image_number", "status", "monitor") == -1
     else:
         assert dcu.raw_get("board_000/th0_temp", "status").status_code == 404
         assert isinstance(dcu.get("temperature", "status"), float)
         assert isinstance(dcu.get("humidity", "status"), float)
         assert [dcu.get(f"link_{i}", "status") for i in range(4)] == ["up"] * 4
         assert dcu.get("mode", subsystem="monitor") in ("enabled", "disabled")
+        assert dcu.raw_get("next_image_number", "status", "monitor").status_code == 404
     assert dcu.raw_get("no_such_name").status_code == 404
 
 
@@ -537,15 +538,17 @@ def test_data_files_are_served_and_deleted(dcu):
     assert names[0] not in store.list_files()
 
 
-def test_monitor_images(dcu18):
-    dcu = dcu18
-    base = f"{dcu.base}/monitor/api/1.8.0/images"
-    # real 1.8 defaults: disabled, 100 images, a full buffer keeps its first ones
+def test_monitor_images(dcu):
+    base = f"{dcu.base}/monitor/api/{dcu.api}/images"
+    # real 1.8 defaults (the fake's 1.6 too): disabled, 100 images, a full
+    # buffer keeps its first ones
     assert dcu.get("mode", subsystem="monitor") == "disabled"
     assert dcu.get("buffer_size", subsystem="monitor") == 100
     assert dcu.get("discard_new", subsystem="monitor") is True
-    keys = requests.get(f"{dcu.base}/monitor/api/1.8.0/status/keys", timeout=5).json()
-    assert "buffer_free" in keys and "next_image_number" not in keys
+    keys = requests.get(f"{dcu.base}/monitor/api/{dcu.api}/status/keys", timeout=5).json()
+    on_1_6 = dcu.api == "1.6.0"
+    assert ("buffer_free" in keys) != on_1_6
+    assert ("next_image_number" in keys) == ("monitor_image_number" in keys) == on_1_6
     dcu.put("mode", "enabled", subsystem="monitor")
     # no image: the DCU waits 500 ms (or ?timeout= ms) and answers 408
     began = time.monotonic()
@@ -564,7 +567,12 @@ def test_monitor_images(dcu18):
     assert requests.get(f"{base}/7/7", timeout=5).status_code == 404
     assert requests.get(f"{base}/1/2/1", timeout=5).status_code == 200
     assert requests.get(f"{base}/monitor/1", timeout=5).status_code == 404   # no such path
-    assert dcu.get("buffer_free", "status", "monitor") == 100 - 2
+    if on_1_6:
+        # images/next hands out image 1 next; images/monitor is image 2
+        assert dcu.get("next_image_number", "status", "monitor") == 1
+        assert dcu.get("monitor_image_number", "status", "monitor") == 2
+    else:
+        assert dcu.get("buffer_free", "status", "monitor") == 100 - 2
 
 
 # -------------------------------------------------------------- command line

@@ -30,7 +30,7 @@ def dcu_array(ctrl, key: str) -> np.ndarray:
 
 
 # -- monitor ------------------------------------------------------------
-@pytest.mark.parametrize("api", ["1.8.0"])
+@pytest.mark.parametrize("api", ["1.6.0", "1.8.0"])
 def test_monitor_images_save_and_pop(controller, fake_dcu, tmp_path):
     ctrl, app = controller, fake_dcu
     ctrl.set("prefix", ["mon_$id"])
@@ -74,14 +74,28 @@ def test_monitor_images_save_and_pop(controller, fake_dcu, tmp_path):
         ctrl.get("monitor_pop")
     # The latest image of one threshold is asked by series and id, never images/monitor/<n>.
     paths = [entry[1] for entry in list(app.http.request_log) if "/images/" in entry[1]]
-    assert f"/monitor/api/1.8.0/images/{seqid}/2/1" in paths
+    assert f"/monitor/api/{app.model.api}/images/{seqid}/2/1" in paths
     assert not [p for p in paths if "/images/monitor/" in p]
 
 
-@pytest.mark.parametrize("api", ["1.6.0"])
-def test_monitor_needs_simplon_1_8(controller):
-    with pytest.raises(ParameterError, match="needs SIMPLON 1.8 or later"):
-        controller.get("monitor_pop")
+@pytest.mark.parametrize("api", ["1.6.0", "1.8.0"])
+def test_monitor_status_has_each_versions_keys(controller, fake_dcu):
+    ctrl = controller
+    assert ctrl.get("monitor_mode") == "0" and ctrl.get("buffer_size") == "100"
+    ctrl.set("monitor_mode", ["1"])
+    seqid = acquire(ctrl, 2)
+    wait_for(lambda: ctrl.get("monitor_images") == f"[[{seqid}, [0, 1]]]", 10,
+             what="two images in the monitor")
+    assert ctrl.get("buffer_fill_level") == "2 100"
+    keys = set(ctrl.simplon.keys("monitor", "status"))
+    status = {key: ctrl.simplon.get_value("monitor", "status", key) for key in keys}
+    if fake_dcu.model.api == "1.6.0":
+        assert "buffer_free" not in keys
+        # images/next would hand out image 0, images/monitor image 1
+        assert (status["next_image_number"], status["monitor_image_number"]) == (0, 1)
+    else:
+        assert "next_image_number" not in keys and "monitor_image_number" not in keys
+        assert status["buffer_free"] == 98
 
 
 # -- pixel mask and flatfield -------------------------------------------------
@@ -148,15 +162,22 @@ def test_flatfield_save(controller, tmp_path):
     assert controller.get("flatfield_save") == "/tmp/flatfield.npy"
 
 
-@pytest.mark.parametrize("api", ["1.8.0"])
-def test_pixelmask_calibrate_flags_counting_pixels(controller, monkeypatch):
+@pytest.mark.parametrize("api", ["1.6.0", "1.8.0"])
+def test_pixelmask_calibrate_flags_counting_pixels(controller, fake_dcu, monkeypatch, tmp_path):
     ctrl = controller
+    on_1_8 = fake_dcu.model.api == "1.8.0"
     old = dcu_array(ctrl, "pixel_mask")
     dark = np.zeros(old.shape, np.uint16)
     dark[10, 20] = 3                      # hot pixels in a dark image
     dark[-1, 5] = 1
     dark[0, 0] = 65535                    # a gap/masked value: not a hot pixel
     already = np.argwhere(old & 8)
+    if on_1_8:
+        # threshold 2's mask already knows one of the hot pixels: it gains one only
+        second = old.copy()
+        second[10, 20] |= 8
+        np.save(tmp_path / "data" / "second.npy", second)
+        ctrl.get("pixelmask_load", ["2", "second"])
     monkeypatch.setattr(ctrl.stream, "latest", lambda: None)
     assert ctrl.set("pixelmask_calibrate") == "started"
     assert wait_job(ctrl) == ("error: no image yet: take a dark image with the stream "
@@ -167,11 +188,32 @@ def test_pixelmask_calibrate_flags_counting_pixels(controller, monkeypatch):
     expected = old.copy()
     expected[10, 20] |= 8
     expected[-1, 5] |= 8
-    assert answer == str(int(np.count_nonzero(expected != old)))
     assert ctrl.get("get_command") == "pixelmask_calibrate"
+    if on_1_8:
+        assert answer == ("pixel mask calibrated from the latest image into thresholds 1, 2 "
+                          "(each one's mask): newly flagged pixels: 2 in threshold 1, "
+                          "1 in threshold 2; old masks kept in /tmp/pixelmask.bck, "
+                          "/tmp/pixelmask_2.bck")
+        for key in ("threshold/1/pixel_mask", "threshold/2/pixel_mask"):
+            np.testing.assert_array_equal(dcu_array(ctrl, key), expected)
+        np.testing.assert_array_equal(np.load("/tmp/pixelmask_2.bck", allow_pickle=False),
+                                      second)
+    else:
+        assert answer == ("pixel mask calibrated from the latest image into the pixel mask: "
+                          "2 newly flagged pixels; old mask kept in /tmp/pixelmask.bck")
     np.testing.assert_array_equal(dcu_array(ctrl, "pixel_mask"), expected)
     np.testing.assert_array_equal(np.load("/tmp/pixelmask.bck", allow_pickle=False), old)
     assert len(already) == 0 or (dcu_array(ctrl, "pixel_mask")[tuple(already.T)] & 8).all()
+
+    if on_1_8:
+        # one threshold: only its mask, and the answer names it
+        dark[3, 4] = 2
+        ctrl.set("pixelmask_calibrate", ["2"])
+        assert wait_job(ctrl) == ("pixel mask calibrated from the latest image into "
+                                  "threshold 2 (its mask): 1 newly flagged pixel; old mask "
+                                  "kept in /tmp/pixelmask.bck")
+        assert dcu_array(ctrl, "threshold/2/pixel_mask")[3, 4] & 8
+        assert not dcu_array(ctrl, "threshold/1/pixel_mask")[3, 4] & 8
 
 
 @pytest.mark.parametrize("api", ["1.8.0"])
@@ -186,7 +228,10 @@ def test_pixelmask_calibrate_on_a_streamed_image(controller):
     answer = wait_job(ctrl)
     counted = (raw != 0) & (raw != np.iinfo(raw.dtype).max)
     expected = old | np.where(counted, np.uint32(8), np.uint32(0))
-    assert int(answer) > 0 and answer == str(int(np.count_nonzero(expected != old)))
+    flagged = int(np.count_nonzero(expected != old))
+    assert flagged > 0
+    assert f"newly flagged pixels: {flagged} in threshold 1, {flagged} in threshold 2;" \
+        in answer
     np.testing.assert_array_equal(dcu_array(ctrl, "pixel_mask"), expected)
 
 
@@ -228,6 +273,37 @@ def test_pixelmask_reaches_every_threshold_on_1_8(controller, fake_dcu, tmp_path
     np.testing.assert_array_equal(np.load(ctrl.get("pixelmask_save", ["2 second"])), other)
     with pytest.raises(ParameterError, match="threshold 3 has no pixel mask of its own"):
         ctrl.get("pixelmask_save", ["3", "x"])
+
+
+@pytest.mark.parametrize("api", ["1.8.0"])
+def test_each_channel_carries_its_own_thresholds_mask_over_the_v2_stream(controller, fake_dcu,
+                                                                        tmp_path):
+    ctrl, app, data = controller, fake_dcu, tmp_path / "data"
+    channels = ("threshold_1", "threshold_2", "difference")
+    for key in ("threshold/1/mode", "threshold/2/mode", "threshold/difference/mode"):
+        ctrl.set(key, ["1"])
+    one, two = (100, 200), (300, 400)               # pixels the factory mask leaves alone
+    factory = dcu_array(ctrl, "threshold/1/pixel_mask")
+    assert factory[one] == factory[two] == 0
+    for threshold, pixel, name in (("1", one, "m1"), ("2", two, "m2")):
+        mask = factory.copy()
+        mask[pixel] |= 2                            # flagged noisy
+        np.save(data / f"{name}.npy", mask)
+        ctrl.get("pixelmask_load", [threshold, name])
+    ctrl.set("stream_version", ["V2"])
+    ctrl.set("stream_mode", ["1"])
+    acquire(ctrl, 1)
+    wait_for(lambda: ctrl.stream.latest() is not None, 10, what="a streamed image")
+    received = ctrl.stream.latest().channels
+    assert sorted(received) == sorted(channels)
+    top = np.iinfo(received["threshold_1"].dtype).max
+    masked_by = {"threshold_1": [one], "threshold_2": [two], "difference": [one, two]}
+    for channel in channels:
+        expected = source_frame(app, 0, channels, channel).copy()
+        assert expected[one] != top and expected[two] != top
+        for pixel in masked_by[channel]:
+            expected[pixel] = top
+        np.testing.assert_array_equal(received[channel], expected, err_msg=channel)
 
 
 @pytest.mark.parametrize("api", ["1.6.0"])

@@ -203,26 +203,29 @@ _DEFINITIONS: Dict[Tuple[str, str], List[ParamDef]] = {
     ],
     ("stream", "command"): [_p("initialize", "command", "w")],
     ("monitor", "config"): [
-        # the real 1.8 defaults: a full buffer keeps its first images
-        _p("mode", "string", "rw", "disabled", allowed=ENABLED, versions=V18),
-        _p("buffer_size", "uint", "rw", 100, min=1, max=1000, versions=V18),
-        _p("discard_new", "bool", "rw", True, versions=V18),
+        # the monitor exists on 1.6 and 1.8 (SIMPLON.md); the real 1.8
+        # defaults: a full buffer keeps its first images
+        _p("mode", "string", "rw", "disabled", allowed=ENABLED),
+        _p("buffer_size", "uint", "rw", 100, min=1, max=1000),
+        _p("discard_new", "bool", "rw", True),
     ],
     ("monitor", "status"): [
-        _p("state", "string", "r", "ready", versions=V18),
-        _p("error", "string[]", "r", [], versions=V18),
-        _p("buffer_fill_level", "int[]", "r", [0, 10], versions=V18),
-        _p("dropped", "uint", "r", 0, versions=V18),
+        _p("state", "string", "r", "ready"),
+        _p("error", "string[]", "r", []),
+        _p("buffer_fill_level", "int[]", "r", [0, 10]),
+        _p("dropped", "uint", "r", 0),
         _p("buffer_free", "uint", "r", 100, versions=V18),
+        _p("next_image_number", "int", "r", -1, versions=V16),
+        _p("monitor_image_number", "int", "r", -1, versions=V16),
     ],
-    ("monitor", "command"): [_p("clear", "command", "w", versions=V18),
-                             _p("initialize", "command", "w", versions=V18)],
+    ("monitor", "command"): [_p("clear", "command", "w"),
+                             _p("initialize", "command", "w")],
     ("system", "command"): [_p(n, "command", "w") for n in
                             ("restart", "reboot", "shutdown", "delete_logs")],
 }
 
-# subsystems that only exist in some API versions
-SUBSYSTEM_VERSIONS: Dict[str, Tuple[str, ...]] = {"monitor": V18}
+# subsystems that only exist in some API versions (none: the monitor is on 1.6 too)
+SUBSYSTEM_VERSIONS: Dict[str, Tuple[str, ...]] = {}
 
 Table = Dict[Tuple[str, str], Dict[str, ParamDef]]
 

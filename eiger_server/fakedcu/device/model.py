@@ -105,7 +105,8 @@ class _Series:
     __slots__ = ("series_id", "unique_id", "start", "trigger_mode", "nimages", "ntrigger",
                  "total", "count_time", "frame_time", "start_delay", "width", "height",
                  "dtype", "channels", "t_arm", "next_image", "requested", "triggers",
-                 "pending", "cancel", "abort", "ended", "per_trigger", "ends_itself", "held")
+                 "pending", "cancel", "abort", "ended", "per_trigger", "ends_itself", "held",
+                 "masked")
     series_id: int
     unique_id: str
     start: SeriesStart
@@ -131,6 +132,7 @@ class _Series:
     per_trigger: int
     ends_itself: bool
     held: Optional[Frame]
+    masked: Dict[str, np.ndarray]   # channel -> flat indices its mask adds to the source's
 
     def __init__(self, **kw: Any):
         for k, v in kw.items():
@@ -684,7 +686,8 @@ class FakeDCU:
                        count_time=det["count_time"], frame_time=det["frame_time"],
                        start_delay=det.get("trigger_start_delay", 0.0) or 0.0,
                        width=width, height=height, dtype=dtype, channels=channels,
-                       t_arm=time.perf_counter())
+                       t_arm=time.perf_counter(),
+                       masked=_channel_masks(det, channels, width, height))
 
     def _cmd_trigger(self, body: Optional[dict]) -> None:
         with self._lock:
@@ -838,7 +841,10 @@ class FakeDCU:
         t0 = clock() + s.start_delay
         n = min(n, s.total - s.next_image)
         debug = log.isEnabledFor(logging.DEBUG)
-        encoded = _encoder_for(source, s)
+        masked = s.masked
+        top = np.iinfo(dtype).max
+        # pre-compressed blobs would not carry the masks loaded into the DCU
+        encoded = None if masked else _encoder_for(source, s)
         for k in range(n):
             if abort.is_set():
                 break
@@ -848,6 +854,11 @@ class FakeDCU:
                 break
             image_id = s.next_image
             data = source.frame(image_id, width, height, dtype, channels)
+            for channel, flat in masked.items():
+                if channel in data:
+                    image = data[channel].copy()   # sources may hand out shared arrays
+                    image.reshape(-1)[flat] = top
+                    data[channel] = image
             start_ns = int((begin - s.t_arm) * 1e9)
             frame = Frame(s.series_id, image_id, data, start_ns, start_ns + ct_ns, ct_ns,
                           encoded(image_id) if encoded else None)
@@ -947,6 +958,35 @@ class FakeDCU:
         except Exception:
             log.exception("ending the series at close failed")
         self._engine.shutdown(wait=True)
+
+
+def _channel_masks(det: Dict[str, Any], channels: List[str], width: int,
+                   height: int) -> Dict[str, np.ndarray]:
+    """channel -> flat indices of the pixels its threshold's mask flags beyond
+    the factory mask (which the synthetic frames already hold at the maximum).
+
+    On 1.8 threshold_1 and threshold_2 follow their own ``threshold/<n>/pixel_mask``
+    and ``difference`` the union of both; on 1.6 every channel follows
+    ``pixel_mask``. Empty when ``pixel_mask_applied`` is off or no mask flags
+    more than the factory one, so such a series costs nothing per frame.
+    """
+    if not det.get("pixel_mask_applied", True):
+        return {}
+    own = {c: det.get(f"threshold/{c[-1]}/pixel_mask", det["pixel_mask"])
+           for c in ("threshold_1", "threshold_2")}
+    factory = default_pixel_mask(width, height) != 0
+    out: Dict[str, np.ndarray] = {}
+    for channel in channels:
+        if channel == "difference":
+            mask = own["threshold_1"] | own["threshold_2"]
+        else:
+            mask = own.get(channel, det["pixel_mask"])
+        if mask.shape != (height, width):
+            continue                     # a geometry change resets the masks
+        flat = np.flatnonzero((mask != 0) & ~factory)
+        if flat.size:
+            out[channel] = flat
+    return out
 
 
 def _encoder_for(source: Any, s: _Series) -> Optional[Callable[[int], Any]]:

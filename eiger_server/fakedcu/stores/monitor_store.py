@@ -1,23 +1,25 @@
 """The fake DCU's monitor: the last images of the acquisition, served as TIFF.
 
 :class:`MonitorStore` is a :class:`~eiger_server.fakedcu.interfaces.FrameSink`
-that is active while the monitor ``mode`` is ``enabled`` (SIMPLON 1.8 only; on
-1.6 the monitor stays disabled). It keeps references to the last
-``buffer_size`` images (no copies: the engine hands over arrays it does not
-reuse). With ``discard_new`` a full buffer refuses new images, which are
-counted in ``dropped``; otherwise the oldest image makes room.
+that is active while the monitor ``mode`` is ``enabled`` (SIMPLON 1.6 and 1.8
+alike). It keeps references to the last ``buffer_size`` images (no copies:
+the engine hands over arrays it does not reuse). With ``discard_new`` a full
+buffer refuses new images, which are counted in ``dropped``; otherwise the
+oldest image makes room.
 
 Status values (:meth:`MonitorStore.status`):
 
 * ``buffer_fill_level``: ``[images held, buffer_size]``.
 * ``dropped``: images refused because the buffer was full and ``discard_new``
   was set (images pushed out by newer ones are not counted).
-* ``buffer_free``: images the buffer can still take (1.8; the
-  ``next_image_number``/``monitor_image_number`` of 1.6 are not served, as
-  the fake's monitor is 1.8 only).
+* ``buffer_free`` (1.8 only): images the buffer can still take.
+* ``next_image_number`` (1.6 only): id of the image ``images/next`` hands
+  out (the oldest buffered), -1 when the buffer is empty.
+* ``monitor_image_number`` (1.6 only): id of the image ``images/monitor``
+  hands out (the latest), -1 when there is none.
 
-The defaults are the real 1.8 ones: disabled, 100 images, ``discard_new``
-true (a full buffer keeps its first images).
+The defaults (both versions) are the real 1.8 ones: disabled, 100 images,
+``discard_new`` true (a full buffer keeps its first images).
 
 ``threshold`` n in the image requests selects channel n-1 of the series'
 channel list (1 = threshold_1, 2 = threshold_2, 3 = difference when present);
@@ -75,9 +77,6 @@ class MonitorStore:
         return default if value is None else value
 
     def _enabled(self) -> bool:
-        api = str(getattr(self._config_source, "api", "1.8.0"))
-        if api.startswith("1.6"):
-            return False
         return str(self._config("mode", "disabled")).lower() == "enabled"
 
     def _read_buffer_settings(self) -> None:
@@ -133,6 +132,7 @@ class MonitorStore:
     def status(self) -> Dict[str, Any]:
         """The monitor status values (see the module docstring for their meaning)."""
         enabled = self._enabled()
+        on_1_6 = str(getattr(self._config_source, "api", "1.8.0")).startswith("1.6")
         with self._lock:
             if not enabled:
                 state = "disabled"
@@ -140,13 +140,20 @@ class MonitorStore:
                 state = "acquire"
             else:
                 state = "ready"
-            return {
+            values: Dict[str, Any] = {
                 "state": state,
                 "error": [],
                 "buffer_fill_level": [len(self._buffer), self._capacity],
                 "dropped": self._dropped,
-                "buffer_free": max(0, self._capacity - len(self._buffer)),
             }
+            if on_1_6:
+                oldest = next(iter(self._buffer.values()), None)
+                values["next_image_number"] = -1 if oldest is None else oldest.image_id
+                values["monitor_image_number"] = (-1 if self._latest is None
+                                                  else self._latest.image_id)
+            else:
+                values["buffer_free"] = max(0, self._capacity - len(self._buffer))
+            return values
 
     def command(self, name: str, body: Any = None) -> None:
         """``clear`` empties the buffer; ``initialize`` also resets the counters."""

@@ -422,6 +422,20 @@ def test_monitor_keeps_last_images_and_pops_oldest_first():
     assert monitor.status()["buffer_fill_level"] == [0, 3]
 
 
+def test_monitor_on_1_6_keeps_images_with_the_1_6_status_keys():
+    monitor = MonitorStore(StubModel(api="1.6.0", monitor__buffer_size=3))
+    assert monitor.status()["next_image_number"] == monitor.status()["monitor_image_number"] == -1
+    sent = monitor_series(monitor, 4, 5)
+    assert monitor.image_list() == [[4, [2, 3, 4]]]
+    status = monitor.status()
+    assert "buffer_free" not in status
+    # images/next hands out image 2 next, images/monitor is image 4
+    assert (status["next_image_number"], status["monitor_image_number"]) == (2, 4)
+    assert read_tiff(monitor.pop_tiff())[1].startswith("series 4 image 2")
+    assert monitor.status()["next_image_number"] == 3
+    np.testing.assert_array_equal(read_tiff(monitor.latest_tiff())[0], sent[4]["threshold_1"])
+
+
 def test_monitor_discard_new_keeps_first_images_and_counts_drops():
     monitor = MonitorStore(StubModel(monitor__buffer_size=3, monitor__discard_new=True))
     sent = monitor_series(monitor, 1, 5)
@@ -463,9 +477,9 @@ def test_monitor_tiff_per_threshold(dtype):
             monitor.get_tiff(*bad)
 
 
-@pytest.mark.parametrize("api,mode", [("1.6.0", "enabled"), ("1.8.0", "disabled")])
-def test_monitor_disabled_keeps_nothing(api, mode):
-    monitor = MonitorStore(StubModel(api=api, monitor__mode=mode))
+@pytest.mark.parametrize("api", ["1.6.0", "1.8.0"])
+def test_monitor_disabled_keeps_nothing(api):
+    monitor = MonitorStore(StubModel(api=api, monitor__mode="disabled"))
     monitor_series(monitor, 1, 3)
     assert monitor.image_list() == []
     assert monitor.status()["state"] == "disabled"
