@@ -330,6 +330,13 @@ def push_capture(directory: PathLike, endpoint: str, *, bind: bool = True,
                 images.append(msg)
         messages.append(stream_v2.encode_start(synthesize_start(images)))
     messages.extend(blobs)
+    return _push(endpoint, [[blob] for blob in messages], bind, timeout, "push_capture")
+
+
+def _push(endpoint: str, messages: Sequence[Sequence[Any]], bind: bool, timeout: float,
+          who: str) -> int:
+    """Send each multipart message on a PUSH socket bound to (or connected to)
+    ``endpoint``; the number sent, delivered when this returns."""
     linger_ms = int(timeout * 1000)
     context = zmq.Context()
     sock = context.socket(zmq.PUSH)
@@ -339,13 +346,12 @@ def push_capture(directory: PathLike, endpoint: str, *, bind: bool = True,
             sock.bind(endpoint)
         else:
             sock.connect(endpoint)
-        for n, blob in enumerate(messages):
+        for n, message in enumerate(messages):
             try:
-                sock.send(blob, copy=False)
+                sock.send_multipart(list(message), copy=False)
             except zmq.Again:
-                raise TimeoutError(f"push_capture: no receiver took message {n} on "
-                                   f"{endpoint} within {timeout} s; connect a PULL "
-                                   "socket first") from None
+                raise TimeoutError(f"{who}: no receiver took message {n} on {endpoint} "
+                                   f"within {timeout} s; connect a PULL socket first") from None
     finally:
         sock.close(linger=linger_ms)
         context.term()   # waits until queued messages are delivered (or linger ends)
@@ -417,25 +423,7 @@ def push_v1_session(messages: Sequence[Sequence[bytes]], endpoint: str, *,
 
     Raises TimeoutError when no receiver takes a message within ``timeout``.
     """
-    linger_ms = int(timeout * 1000)
-    context = zmq.Context()
-    sock = context.socket(zmq.PUSH)
-    try:
-        sock.setsockopt(zmq.SNDTIMEO, linger_ms)
-        if bind:
-            sock.bind(endpoint)
-        else:
-            sock.connect(endpoint)
-        for n, message in enumerate(messages):
-            try:
-                sock.send_multipart(list(message), copy=False)
-            except zmq.Again:
-                raise TimeoutError(f"push_v1_session: no receiver took message {n} on "
-                                   f"{endpoint} within {timeout} s") from None
-    finally:
-        sock.close(linger=linger_ms)
-        context.term()
-    return len(messages)
+    return _push(endpoint, messages, bind, timeout, "push_v1_session")
 
 
 # ====================================================== PrecompressedCache
