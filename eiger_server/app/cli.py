@@ -64,11 +64,11 @@ def serve(opts: ServerOptions, reporter: StartupReporter) -> int:
 
     log.info("%s %s starting: pid %d, port %d, verbosity %d", PROGRAM, __version__,
              os.getpid(), opts.port, opts.verbosity)
-    stopping: List[bool] = []
+    stopping: List[str] = []          # the signals that asked to stop
     server: Optional[HardwareServer] = None
 
-    def stop() -> None:
-        stopping.append(True)
+    def stop(signame: str) -> None:
+        stopping.append(signame)
         if server is not None:
             server.stop()
 
@@ -111,9 +111,11 @@ def serve(opts: ServerOptions, reporter: StartupReporter) -> int:
             return 1
         reporter.ready()
         if stopping:
-            log.info("stop requested during start-up")
+            log.info("received %s during start-up; stopping", stopping[0])
             return 0
         server.serve_forever()
+        if stopping:
+            log.info("received %s; stopping", stopping[0])
         return 0
     finally:
         for what, close in reversed(closers):

@@ -364,12 +364,15 @@ def _remove(path: str) -> None:
 
 # ---------------------------------------------------------------- signals
 
-def install_signal_handlers(stop: Callable[[], None]) -> None:
-    """Make SIGTERM and SIGINT call ``stop`` (a clean shutdown) instead of
-    killing the process. Must be called on the main thread."""
+def install_signal_handlers(stop: Callable[[str], None]) -> None:
+    """Make SIGTERM and SIGINT call ``stop(signal name)`` (a clean shutdown)
+    instead of killing the process. Must be called on the main thread.
+
+    The handler does not log: it runs between two bytecodes of the main
+    thread, possibly inside a log call, where a nested record can be lost;
+    the caller logs the name once the server has stopped."""
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s; stopping", signal.Signals(signum).name)
-        stop()
+        stop(signal.Signals(signum).name)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
