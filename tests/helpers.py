@@ -113,6 +113,25 @@ def server_args_for(app) -> List[str]:
             "--stream2-port", str(app.stream2_port)]
 
 
+
+def take_first_image(client, data_directory) -> List[str]:
+    """Over the wire: config, initialize, then one 10 ms ints image through
+    the V1 stream (nothing saved). The words of config's answer (type, rows,
+    columns)."""
+    words = client.command("config", "127.0.0.1", check=True).text.split()
+    client.set("initialize")
+    wait_for(lambda: client.get("cmd_executing") == "0", 20, what="initialize")
+    for name, value in [("data_directory", data_directory), ("stream_mode", 1),
+                        ("stream_version", "V1"), ("stream_autosave", 0),
+                        ("trigger_mode", "ints"), ("nimages", 1), ("ntrigger", 1),
+                        ("count_time", 0.01), ("frame_time", 0.01)]:
+        client.set(name, value)
+    client.set("trigger")
+    wait_for(lambda: client.command("get_status", check=True).text == "0", 20,
+             what="the first image")
+    assert client.get("images_collected") == "1"
+    return words
+
 def acquire(ctrl, nimages: int) -> int:
     """One series of ``nimages`` fast images through an in-process controller;
     returns its series id once the series is over."""

@@ -910,13 +910,8 @@ class StreamHandler:
         if save_single:
             nbytes = sum(int(np.prod(e.shape)) * e.dtype.itemsize
                          for e in event.channels.values())
-            saver = self._saver
-            if saver is None or not saver.submit(
-                    lambda: self._save_job(job, directory, prefix, index, overwrite), nbytes):
-                self._loss.add("unsaved")
-                log.warning("frame %s of series %s not saved: saving is behind (queue of %s "
-                            "images full); the disk is too slow", event.frame, event.series,
-                            self.save_depth)
+            self._submit_save(lambda: self._save_job(job, directory, prefix, index, overwrite),
+                              nbytes, f"frame {event.frame} of series {event.series}")
         if save_raw:
             self._submit_save(
                 lambda: self._save_raw(event, meta, directory, prefix, per_file, overwrite),
@@ -1115,13 +1110,9 @@ class StreamHandler:
             job = _Job(None, 0, gen, meta)   # type: ignore[arg-type]
             job.result = result
             job.done.set()
-            saver = self._saver
-            if saver is None or not saver.submit(
-                    lambda: self._save_job(job, directory, prefix, index, overwrite),
-                    sum(a.nbytes for a in channels.values())):
-                self._loss.add("unsaved")
-                log.warning("accumulated image of series %s not saved: saving is behind",
-                            result.series)
+            self._submit_save(lambda: self._save_job(job, directory, prefix, index, overwrite),
+                              sum(a.nbytes for a in channels.values()),
+                              f"accumulated image of series {result.series}")
 
     def _complete(self, result: ImageResult) -> ImageResult:
         """``result`` decoded whole (a ROI-only image is decoded now, once)."""

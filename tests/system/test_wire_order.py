@@ -20,7 +20,7 @@ from eiger_server.wire.client import WireClient
 from eiger_server.wire.protocol import ClientConnection, Request, Response
 from eiger_server.control.commands import CommandHandler
 
-from helpers import ServerProcess, server_args_for, wait_for
+from helpers import ServerProcess, server_args_for, take_first_image, wait_for
 
 SLOW = 2.0      # seconds the fake DCU waits before each answer in the slow tests
 
@@ -35,18 +35,7 @@ def rig(tmp_path_factory):
     server = ServerProcess(server_args_for(app), tmp)
     try:
         with WireClient("127.0.0.1", server.port, 20) as c:
-            _, rows, cols = c.command("config", "127.0.0.1", check=True).text.split()
-            c.set("initialize")
-            wait_for(lambda: c.get("cmd_executing") == "0", 20, what="initialize")
-            for name, value in [("data_directory", tmp / "data"), ("stream_mode", 1),
-                                ("stream_version", "V1"), ("stream_autosave", 0),
-                                ("trigger_mode", "ints"), ("nimages", 1), ("ntrigger", 1),
-                                ("count_time", 0.01), ("frame_time", 0.01)]:
-                c.set(name, value)
-            c.set("trigger")
-            wait_for(lambda: c.command("get_status", check=True).text == "0", 20,
-                     what="the first image")
-            assert c.get("images_collected") == "1"
+            _, rows, cols = take_first_image(c, tmp / "data")
         yield app, server, int(rows), int(cols)
     finally:
         server.stop()

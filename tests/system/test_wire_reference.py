@@ -28,7 +28,7 @@ with warnings.catch_warnings():     # it imports asyncore, deprecated since 3.6
 from eiger_server.fakedcu.app import FakeDCUApp
 from eiger_server.wire.client import WireClient
 
-from helpers import ServerProcess, free_port, server_args_for, wait_for
+from helpers import ServerProcess, free_port, server_args_for, take_first_image, wait_for
 
 REFERENCE = Path(__file__).with_name("reference_hdw.py")
 END = b"=: 999 goodbye\n"           # ends every script: its reply marks the end
@@ -111,18 +111,8 @@ def pair(tmp_path_factory):
     try:
         server = ServerProcess(server_args_for(app), tmp)
         with WireClient("127.0.0.1", server.port, 20) as c:
-            typename, rows, cols = c.command("config", "127.0.0.1", check=True).text.split()
+            typename, rows, cols = take_first_image(c, tmp / "data")
             rows, cols = int(rows), int(cols)
-            c.set("initialize")
-            wait_for(lambda: c.get("cmd_executing") == "0", 20, what="initialize")
-            for name, value in [("data_directory", tmp / "data"), ("stream_mode", 1),
-                                ("stream_version", "V1"), ("stream_autosave", 0),
-                                ("trigger_mode", "ints"), ("nimages", 1), ("ntrigger", 1),
-                                ("count_time", 0.01), ("frame_time", 0.01)]:
-                c.set(name, value)
-            c.set("trigger")
-            wait_for(lambda: c.command("get_status", check=True).text == "0", 20,
-                     what="the image")
             resp = c.command("read", 0, rows - 1, 0, cols - 1, check=True)
         npoints, typename = resp.text.split()
         dtype = {"ushort": "<u2", "ulong": "<u4"}[typename]

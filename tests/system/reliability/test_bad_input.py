@@ -20,7 +20,7 @@ from eiger_server.control import table
 from eiger_server.wire.client import WireClient
 from eiger_server.fakedcu.app import FakeDCUApp
 from eiger_server.wire.protocol import ClientConnection, Response
-from helpers import ServerProcess, hello_ok, server_args_for, wait_for
+from helpers import ServerProcess, hello_ok, server_args_for, take_first_image, wait_for
 
 IMAGE_ROWS, IMAGE_COLS = 514, 1030          # the fake 500K
 
@@ -34,18 +34,7 @@ def rig(tmp_path_factory):
     server = ServerProcess(server_args_for(app), tmp)
     try:
         with WireClient("127.0.0.1", server.port, 20) as c:
-            c.command("config", "127.0.0.1", check=True)
-            c.set("initialize")
-            wait_for(lambda: c.get("cmd_executing") == "0", 20, what="initialize")
-            for name, value in [("data_directory", tmp / "data"), ("stream_mode", 1),
-                                ("stream_version", "V1"), ("stream_autosave", 0),
-                                ("trigger_mode", "ints"), ("nimages", 1), ("ntrigger", 1),
-                                ("count_time", 0.01), ("frame_time", 0.01)]:
-                c.set(name, value)
-            c.set("trigger")
-            wait_for(lambda: c.command("get_status", check=True).text == "0", 20,
-                     what="the first image")
-            assert c.get("images_collected") == "1"
+            take_first_image(c, tmp / "data")
         yield app, server
     finally:
         server.stop()
