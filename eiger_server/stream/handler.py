@@ -1,28 +1,25 @@
-"""StreamHandler: the data path from the DCU's stream to spec (the stream rows).
+"""StreamHandler: the stream rows of image_par, over the stream pipeline.
 
-Pipeline (each stage bounded, none on the command thread)::
+The pipeline, one job per stage, bounded hand-offs between them::
 
-    receiver thread ──> decode queue ──> worker threads ──> latest image / accumulator
-     (zmq PULL, parse,   (bounded;        (decode with         │
-      series books)       back-pressure)   GIL-free codecs)    └──> TiffSaver thread
-                                                                    (bounded; full ->
-                                                                     frame not saved,
-                                                                     counted in dropped)
+    receiver.py ──> decode_stage.py ──> reduce.py ──> latest.py (latest wins)
+    (ZeroMQ PULL,    (bounded queue,      (accumulate,     └─> save_stage.py
+     parse, series    decode threads,      offer the          (saver thread,
+     books)           back-pressure)       latest image)       TIFF, HDF5RAW)
+          └──> pool_bridge.py (--workers N: accumulation in worker processes)
 
-* Images are numbered in arrival order on the receiver thread; autosave
-  names (autoindex) follow that order, and the saver writes in that order.
-* A count (``begin_count``) collects the images that arrive after it; in
-  accumulation mode their sum becomes the one result image. The count is
-  over when every image is in or known to be lost (lost and unreadable frames
-  are counted in ``dropped`` and named in the log and ``stream_error``).
-* Statistics (sum, maxval, ROIs) and the oriented/filtered image spec reads
-  are computed on request from the latest image, not per frame.
+count.py keeps the count's books (which frames are the count's, collected,
+lost, unreadable, the outcome); series_meta.py the metadata of each image.
+This module holds spec's settings of the stream, answers its rows, and
+plans each frame on the receiver thread (``_dispatch``): which count it is
+in, whether it is saved and how, and whether its pixels are needed at all:
+
+* Without TIFF saving or accumulation only the latest image's pixels matter
+  (sum, maxval, ROIs and read look at it alone): an older image may be
+  counted without decoding when newer ones wait.
 * ROI-only counts (spec asked only for ROI sums in the last count) and
   HDF5RAW autosave decode only the ROI rows, or nothing (roi_stage.py); the
   image is decoded whole only if spec asks for more.
-* ``--workers N``: accumulating counts go to worker processes over ZeroMQ
-  (workers.py) instead of the decode threads; their partial sums are merged
-  into the count's Accumulator when its last image is in.
 * Saved TIFF files hold the images as the detector sent them (every channel,
   detector orientation, no filters), so they compare with the DCU's own
   files; rotation, flips and filters shape only what spec reads (read, sum,
@@ -32,63 +29,41 @@ from __future__ import annotations
 
 import collections
 import logging
-import queue
 import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from eiger_server.options import ServerOptions
 from eiger_server.components.binding import component
 from eiger_server.components.protocols import DetectorConfig, FileSettings
-from eiger_server.simplon.rest import SimplonClient
-from eiger_server.stream import imageproc, roi_stage
-from eiger_server.storage import paths
-from eiger_server.storage.hdf5raw import DEFAULT_IMAGES_PER_FILE, Hdf5RawWriter
-from eiger_server.formats.decode import DecodeError
 from eiger_server.errors import DataError, DetectorError, EigerError, ParameterError
-from eiger_server.wire.protocol import wire_type_for
-from eiger_server.values import flag_arg, one_arg, parse_number
-from eiger_server.stream.imageproc import ImageResult
-from eiger_server.stream.counters import Counters
-from eiger_server.stream.receiver import StreamReceiver
-from eiger_server.stream.workers import WorkerPool
 from eiger_server.formats.stream_events import ImageMessage, SeriesEnd, SeriesHeader, StreamErrorEvent
 from eiger_server.observe.hooks import NO_OBSERVER, StreamObserver
-from eiger_server.storage.tiff import TiffSaver, channel_path, save_tiff, tiff_name, with_suffix
+from eiger_server.options import ServerOptions
+from eiger_server.simplon.rest import SimplonClient
+from eiger_server.storage import paths
+from eiger_server.storage.hdf5raw import DEFAULT_IMAGES_PER_FILE, Hdf5RawWriter
+from eiger_server.storage.tiff import TiffSaver, channel_path, save_tiff, with_suffix
+from eiger_server.stream import imageproc, roi_stage
+from eiger_server.stream.count import NOT_COUNTED, CountBook
+from eiger_server.stream.counters import Counters
+from eiger_server.stream.decode_stage import DecodeStage, FrameJob
+from eiger_server.stream.imageproc import ImageResult
+from eiger_server.stream.latest import LatestImage
+from eiger_server.stream.pool_bridge import PoolBridge
+from eiger_server.stream.receiver import StreamReceiver
+from eiger_server.stream.reduce import Reducer
+from eiger_server.stream.save_stage import SaveStage, wait_result
+from eiger_server.stream.series_meta import SeriesCatalog, frame_meta, snapshot_meta
+from eiger_server.stream.workers import WorkerPool
+from eiger_server.values import flag_arg, one_arg, parse_number
+from eiger_server.wire.protocol import wire_type_for
 
 log = logging.getLogger(__name__)
 
 _BIT_DEPTH_DTYPES = {8: np.uint8, 16: np.uint16, 32: np.uint32}
-# Detector values copied into the metadata of every saved image.
-_META_KEYS = ("count_time", "frame_time", "photon_energy", "threshold_energy",
-              "bit_depth_image", "nimages", "ntrigger", "trigger_mode", "compression")
-_META_KEYS_18 = ("threshold/1/energy", "threshold/2/energy")
 SAVE_MODES = ("TIFF", "HDF5RAW")
-
-
-class _Job:
-    """One image on its way through the pipeline."""
-
-    __slots__ = ("event", "seq", "gen", "meta", "result", "failed", "done", "skippable",
-                 "rois")
-
-    def __init__(self, event: ImageMessage, seq: int, gen: int, meta: Dict[str, Any]) -> None:
-        self.event: Optional[ImageMessage] = event
-        self.seq = seq
-        self.gen = gen
-        self.meta = meta
-        self.result: Optional[ImageResult] = None
-        self.failed = False
-        self.done = threading.Event()
-        # True when nothing needs this image's pixels unless it is the newest:
-        # a worker finding newer images queued counts it without decoding.
-        self.skippable = False
-        # Not None: decode only the rows of these ROIs (an ROI-only count), or
-        # nothing ([]: HDF5RAW saves the compressed frame); roi_stage keeps the
-        # image encoded until spec asks for more
-        self.rois: Optional[List[Tuple[int, int, int, int]]] = None
 
 
 @component
@@ -114,16 +89,12 @@ class StreamHandler:
         # pending saves at most), so memory stays bounded whatever the disk does.
         self.queue_depth = max(1, int(options.queue_depth))
         self.save_depth = self.queue_depth
-        self.save_bytes = 1 << 30
         self.rcvhwm = self.queue_depth
-        self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
         self._closing = threading.Event()
-        # settings
+        # settings (spec's rows; read by the receiver thread under the count's lock)
         self.autosave = False
         self.save_mode = "TIFF"          # stream_save_mode: TIFF or HDF5RAW
         self.images_per_file = DEFAULT_IMAGES_PER_FILE
-        self._raw_writer = Hdf5RawWriter()   # used on the saver thread only
         self.overwrite = False
         self.prefix = ""                 # stream_prefix; "" = the shared prefix
         self.autoindex = False
@@ -132,59 +103,32 @@ class StreamHandler:
         self.high_filter = 0.0
         self.rois: "collections.OrderedDict[str, Tuple[int, int, int, int]]" = \
             collections.OrderedDict()
-        self.latest_file = ""
-        self.accumulate = False          # of the current/last count
-        # pipeline
-        self._receiver: Optional[StreamReceiver] = None
-        self._receiver_lost_base = 0
-        self._receiver_errors: Deque[str] = collections.deque(maxlen=5)
-        self._queue: "queue.Queue[Optional[_Job]]" = queue.Queue(self.queue_depth)
-        self._threads: List[threading.Thread] = []
-        self._saver: Optional[TiffSaver] = None
-        self._seq = 0
-        self._series_meta: Dict[int, Dict[str, Any]] = {}
-        self._series_channels: Dict[int, List[str]] = {}
-        self._series_headers: Dict[int, SeriesHeader] = {}   # for the HDF5RAW master
-        self._count_meta: Dict[str, Any] = {}
-        # count state (under _lock)
-        self._gen = 0
-        self._counting = False
-        self._expected = 0
-        self._collected = 0
-        self._failed_in_count = 0
-        self._lost_in_count = 0              # ... of which lost in transit (not unreadable)
-        self._last_meta: Dict[str, Any] = {}  # the metadata of the count's latest image
-        self._lost_seen = 0
-        # which images are the count's: those of series _count_series (None:
-        # any, but not one of _stale_series) with frames in [_count_lo, _count_hi)
-        self._count_series: Optional[int] = None
-        self._count_lo = 0
-        self._count_hi: Optional[int] = None
-        self._count_next = 0              # the next frame of the count due
-        self._stale_series: frozenset = frozenset()
-        self._recent_series: Deque[int] = collections.deque(maxlen=16)
-        self._lost_frames: List[int] = []    # frames of the count that never came
-        self._bad_frames: List[int] = []     # ... that came unreadable
-        self._outcome: Optional[str] = None  # why the count has no valid result
-        self._accumulator: Optional[imageproc.Accumulator] = None
-        self._latest: Optional[ImageResult] = None
-        self._latest_seq = -1
-        self._delivered: Optional[Tuple[tuple, ImageResult]] = None
-        self._stats: Dict[tuple, Any] = {}
-        # ROI-only counts (roi_stage): spec asked for more than ROI sums since
-        # the last count began (read, sum, maxval, save), so decode whole images
-        self._full_asked = True
-        self._roi_only = False
-        # --workers N: accumulation by worker processes (stream/workers.py)
-        self._pool: Optional[WorkerPool] = None
-        self._pool_gen: Optional[int] = None
-        self._pool_sent = 0
-        self._pool_meta: Dict[str, Any] = {}
-        # counters (added to by the receiver, the workers and the saver) and errors
+        # counters (added to by the receiver, the decode threads and the saver) and errors
         self._loss = Counters("decode_failures", "unsaved")
         self._errors: Deque[str] = collections.deque(maxlen=5)
         # set before the first receiver starts (eiger_server.observe)
         self.observer: StreamObserver = NO_OBSERVER
+        # the stages
+        self._book = CountBook()
+        self._lock = self._book.cond     # the count's lock guards the settings too
+        self._latest = LatestImage(self._book.cond)
+        self._series = SeriesCatalog()
+        self._reducer = Reducer(self._book, self._latest, self._loss, self._errors,
+                                lambda: self.observer,
+                                lambda: (self.low_filter, self.high_filter),
+                                self._accumulated)
+        self._decode = DecodeStage(self.workers, self.queue_depth, run=self._reducer.run,
+                                   skip=self._reducer.skip, failed=self._reducer.failed,
+                                   closing=self._closing)
+        self._save = SaveStage(self.save_depth, 1 << 30, self._loss, lambda: self.observer)
+        self._receiver: Optional[StreamReceiver] = None
+        self._receiver_lost_base = 0
+        self._receiver_errors: Deque[str] = collections.deque(maxlen=5)
+        self._bridge: Optional[PoolBridge] = None
+        # ROI-only counts (roi_stage): spec asked for more than ROI sums since
+        # the last count began (read, sum, maxval, save), so decode whole images
+        self._full_asked = True
+        self._roi_only = False
 
     # =====================================================================
     # API for the rest of the server
@@ -198,6 +142,20 @@ class StreamHandler:
     def unsaved(self) -> int:
         """Images that were to be saved and were not (queue full, disk error, ...)."""
         return self._loss["unsaved"]
+
+    @property
+    def accumulate(self) -> bool:
+        """True when the current (or last) count accumulates."""
+        return self._book.accumulate
+
+    @property
+    def latest_file(self) -> str:
+        """The last file written (TIFF, HDF5RAW master, ``save``)."""
+        return self._save.latest_file
+
+    @latest_file.setter
+    def latest_file(self, value: str) -> None:
+        self._save.latest_file = value
 
     def enabled(self) -> bool:
         """True when the DCU's stream is enabled (cached value)."""
@@ -219,9 +177,8 @@ class StreamHandler:
         1) and the previous count's result is gone, before the count's thread
         knows what it will be (:meth:`begin_count`)."""
         with self._lock:
-            self._reset_count()
-            self._expected = 0            # not known yet: never complete
-            self._cond.notify_all()
+            self._book.open(self._receiver_lost())
+            self._latest.clear()
 
     def begin_count(self, nimages: int, accumulate: bool = False, series: Optional[int] = None,
                     first_frame: int = 0, new_series: bool = False) -> None:
@@ -232,85 +189,30 @@ class StreamHandler:
         count, and a frame missing among them is lost; ``new_series`` (the id
         is not known yet) leaves out images of every series seen before.
         """
-        meta = self._snapshot_meta()
+        meta = snapshot_meta(self.detector)
         with self._lock:
-            self._reset_count()
-            self._expected = max(1, int(nimages))
-            if series is not None:
-                self._count_series = int(series)
-                self._count_lo = self._count_next = int(first_frame)
-                self._count_hi = self._count_lo + self._expected
-            elif new_series:
-                self._stale_series = frozenset(self._recent_series)
-            self.accumulate = bool(accumulate)
-            self._accumulator = imageproc.Accumulator(self._expected) if accumulate else None
-            self._count_meta = meta
+            self._book.begin(self._receiver_lost(), nimages, accumulate, series, first_frame,
+                             new_series, meta)
+            # the previous count's result is never presented as this one's
+            self._latest.clear()
             self._roi_only = not self._full_asked
             self._full_asked = False
-            self._cond.notify_all()
         if self.enabled():
             self._ensure_receiver()
 
     def bind_series(self, series: Optional[int], first_frame: int = 0) -> None:
         """The running count is series ``series`` (known once arm answered)."""
-        if series is None:
-            return
-        with self._lock:
-            self._count_series = int(series)
-            self._count_lo = int(first_frame)
-            self._count_next = max(self._count_next, self._count_lo)
-            self._count_hi = self._count_lo + self._expected
-
-    def _reset_count(self) -> None:
-        """(under _lock) A new count: nothing counted, no result, no outcome."""
-        self._gen += 1
-        self._counting = True
-        self._collected = 0
-        self._failed_in_count = 0
-        self._lost_seen = self._receiver_lost()
-        self._count_series = None
-        self._count_lo = self._count_next = 0
-        self._count_hi = None
-        self._stale_series = frozenset()
-        self._lost_frames = []
-        self._bad_frames = []
-        self._lost_in_count = 0
-        self._last_meta = {}
-        self._outcome = None
-        self._accumulator = None
-        # the previous count's result is never presented as this one's
-        self._latest = None
-        self._delivered = None
-        self._stats = {}
+        if series is not None:
+            self._book.bind(series, first_frame)
 
     def fail_count(self, reason: str) -> None:
         """The count ends without a valid result (halted, timed out, ...):
         reads of its data answer ``reason`` until the next count starts."""
-        with self._cond:
-            if self._outcome is None:
-                self._outcome = reason
-            self._counting = False
-            self._accumulator = None
-            self._cond.notify_all()
+        self._book.fail(reason)
 
     def count_outcome(self) -> Optional[str]:
         """Why the last count has no valid result; None when it has one (or runs)."""
-        with self._lock:
-            if self._outcome is not None:
-                return self._outcome
-            if not self._failed_in_count or not self._count_complete():
-                return None
-            parts = []
-            total = max(self._expected, self._collected + self._failed_in_count)
-            lost = self._lost_in_count
-            bad = self._failed_in_count - lost
-            if lost > 0:
-                parts.append(f"{lost} of {total} images were lost in transit"
-                             + _frames_text(self._lost_frames))
-            if bad > 0:
-                parts.append(f"{bad} of {total} images arrived unreadable"
-                             + _frames_text(self._bad_frames))
-            return "; ".join(parts) + "; this count has no valid result"
+        return self._book.outcome()
 
     def _check_result(self, what: str) -> None:
         outcome = self.count_outcome()
@@ -319,55 +221,30 @@ class StreamHandler:
 
     def wait_count(self, timeout: float) -> bool:
         """True once the count's images (or the accumulated result) are in."""
-        deadline = time.monotonic() + max(0.0, float(timeout))
-        with self._cond:
-            while not self._count_complete():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-            return True
+        return self._book.wait(timeout, time.monotonic)
 
     def images_collected(self) -> int:
         """Images received in the current count (the acquisition's progress)."""
         with self._lock:
-            return self._collected
+            return self._book.collected
 
     def has_image(self) -> bool:
         """True once there is a latest image (without decoding it)."""
-        with self._lock:
-            return self._latest is not None
+        return self._latest.held is not None
+
+    def held_image(self) -> Optional[ImageResult]:
+        """The latest image as held, without decoding it (a ROI-only image is
+        a roi_stage.PartialImage until spec asks for more than ROI sums)."""
+        return self._latest.held
 
     def latest(self) -> Optional[ImageResult]:
         """The latest image with ``data`` as spec reads it (oriented, filtered)."""
         self._full_asked = True
-        return self._latest_delivered()[1]
-
-    def _latest_delivered(self) -> Tuple[tuple, Optional[ImageResult]]:
-        """(cache key, delivered latest image); the key changes with the image
-        and with the orientation/filter settings."""
-        with self._lock:
-            result = self._latest
-            key = (self._latest_seq,) + self._delivery_key()
-            cached = self._delivered
-        if result is None:
-            return key, None
-        result = self._complete(result)
-        if cached is not None and cached[0] == key:
-            return key, cached[1]
-        rotation, flipv, fliph, low, high = key[1:]
-        data = imageproc.deliver(result.raw, rotation, flipv, fliph, low, high)
-        delivered = ImageResult(data=data, raw=result.raw, channels=result.channels,
-                                series=result.series, frame=result.frame,
-                                nframes=result.nframes, metadata=result.metadata)
-        with self._lock:
-            if self._latest is result:
-                self._delivered = (key, delivered)
-        return key, delivered
+        return self._latest.delivered(self._delivery_key())[1]
 
     def result_dtype(self) -> np.dtype:
         """The pixel type ``read`` delivers."""
-        latest = self._latest
+        latest = self._latest.held
         accumulate = self.accumulate or str(self._acq_mode()) == "ACCUM"
         try:
             depth = int(self.detector.config_value("bit_depth_image"))
@@ -415,50 +292,28 @@ class StreamHandler:
         return wire_type_for(part.dtype).name, int(part.size), data
 
     def close(self) -> None:
-        """Stop the receiver, the workers and the saver."""
+        """Stop the receiver, the decode threads, the workers and the saver."""
         self._closing.set()
         receiver, self._receiver = self._receiver, None
         if receiver is not None:
             receiver.stop()
-        for _ in self._threads:
-            try:
-                self._queue.put_nowait(None)
-            except queue.Full:
-                pass
-        for thread in self._threads:
-            thread.join(timeout=2)
-        self._threads = []
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
-        saver, self._saver = self._saver, None
-        stopped = True
-        if saver is not None:
-            saver.submit(self._close_raw, always=True)
-            stopped = saver.close(timeout=5)
-            self._loss.add("unsaved", saver.dropped)
-        if not stopped:
-            # The saver thread still writes: the writer is its alone.
-            log.error("the saver thread did not stop; the open HDF5RAW series (if any) "
-                      "is left unfinished")
-        elif self._raw_writer.series is not None:
-            try:
-                self._close_raw()        # its job was dropped: finish here
-            except DataError as exc:
-                log.error("%s", exc)
+        self._decode.close()
+        bridge, self._bridge = self._bridge, None
+        if bridge is not None:
+            bridge.pool.close()
+        self._save.close()
 
     # -- for tests and the benchmark ------------------------------------------
     def wait_saved(self, timeout: float = 10.0) -> bool:
-        """Wait until every queued TIFF has been written."""
-        saver = self._saver
-        return True if saver is None else saver.wait_idle(timeout)
+        """Wait until every queued image has been written."""
+        return self._save.wait_idle(timeout)
 
     @property
     def receiver(self) -> Optional[StreamReceiver]:
         return self._receiver
 
     def start_pipeline(self) -> None:
-        """Start the decode workers and the saver, without a receiver."""
+        """Start the decode threads, the saver and the workers, without a receiver."""
         self._start_pipeline()
 
     def feed(self, event: Any) -> None:
@@ -468,23 +323,29 @@ class StreamHandler:
     @property
     def saver(self) -> Optional[TiffSaver]:
         """The save queue (None until the pipeline starts)."""
-        return self._saver
+        return self._save.saver
 
     @property
     def raw_writer(self) -> Hdf5RawWriter:
         """The HDF5RAW writer (used on the saver thread only)."""
-        return self._raw_writer
+        return self._save.raw_writer
+
+    def worker_pids(self) -> List[int]:
+        """The process ids of the local worker processes (--workers N)."""
+        bridge = self._bridge
+        return bridge.pool.pids if bridge is not None else []
+
     def counters(self) -> Dict[str, int]:
         """The data path's own counts and buffer fill, read without locking
         (for eiger_server.observe; no DCU request)."""
-        receiver, saver = self._receiver, self._saver
+        receiver = self._receiver
         return {"lost": self._receiver_lost(), "unreadable": self.decode_failures,
                 "unsaved": self.unsaved,
                 "duplicates": receiver.duplicates if receiver is not None else 0,
                 "stale": receiver.stale if receiver is not None else 0,
-                "queue": self._queue.qsize(), "queue_depth": self.queue_depth,
-                "save_queue": saver.pending() if saver is not None else 0,
-                "images_collected": self._collected}
+                "queue": self._decode.qsize(), "queue_depth": self.queue_depth,
+                "save_queue": self._save.pending(),
+                "images_collected": self._book.collected}
 
     # =====================================================================
     # image_par rows (bound in control/table.py)
@@ -554,8 +415,7 @@ class StreamHandler:
         """The last file written. A count ends when its images are in, and
         they are saved after: wait for the saves queued so far, so the name is
         never the previous count's."""
-        saver = self._saver
-        if saver is not None and not saver.wait_submitted(10.0):
+        if not self._save.wait_submitted(10.0):
             raise DataError("stream_latest_file: the images queued for saving are not all "
                             "written after 10 s (the disk is slow or full; see stream_error); "
                             "ask again")
@@ -609,8 +469,7 @@ class StreamHandler:
         return value
 
     def get_is_waiting_data(self) -> int:
-        with self._lock:
-            return 0 if self._count_complete() else 1
+        return 0 if self._book.complete() else 1
 
     def get_images_collected(self) -> int:
         return self.images_collected()
@@ -638,8 +497,7 @@ class StreamHandler:
         if receiver is not None:
             errors += list(receiver.last_errors)
         errors += list(self._errors)
-        if self._saver is not None:
-            errors += list(self._saver.errors)
+        errors += self._save.errors()
         seen = set()
         for message in errors:
             if message not in seen:
@@ -670,11 +528,11 @@ class StreamHandler:
         base = self._user_path(with_suffix(name), "save") if name else ""
         self._check_result("save")
         with self._lock:
-            result = self._latest
+            result = self._latest.held
             self._full_asked = True
         if result is None:
             raise DataError("save: no image yet; take one with the stream enabled")
-        result = self._complete(result)
+        result = self._latest.complete(result)
         if not base:
             base = self._user_path(with_suffix(self._prefix_for(result.series)), "save")
         channels = result.channels or {"image": result.raw}
@@ -739,157 +597,71 @@ class StreamHandler:
         return self._receiver_lost_base + (receiver.lost if receiver is not None else 0)
 
     def _start_pipeline(self) -> None:
-        if self._threads:
+        if self._decode.started:
             return
         self._closing.clear()
-        for number in range(self.workers):
-            thread = threading.Thread(target=self._work, name=f"stream-decode-{number}",
-                                      daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        if self._saver is None:
-            self._saver = TiffSaver(self.save_depth, self.save_bytes)
-        if int(self.options.workers) > 0 and self._pool is None:
-            self._pool = WorkerPool(int(self.options.workers), host=self._worker_host(),
-                                    port=int(self.options.worker_port),
-                                    queue_depth=self.queue_depth)
-            self._pool.start(wait_for=0)     # begin() waits for the local ones
+        self._decode.start()
+        self._save.start()
+        if int(self.options.workers) > 0 and self._bridge is None:
+            pool = WorkerPool(int(self.options.workers), host=self._worker_host(),
+                              port=int(self.options.worker_port),
+                              queue_depth=self.queue_depth)
+            pool.start(wait_for=0)     # begin() waits for the local ones
+            self._bridge = PoolBridge(pool, self._book, self._reducer, self._loss,
+                                      self._errors)
+
+    def _worker_host(self) -> str:
+        return "0.0.0.0" if int(self.options.worker_port) else "127.0.0.1"
 
     # -- receiver thread ---------------------------------------------------------
     def _on_event(self, event: Any) -> None:
         if isinstance(event, ImageMessage):
             self._dispatch(event)
         elif isinstance(event, SeriesHeader):
-            with self._lock:
-                self._note_series(event.series)
-            self._series_meta[event.series] = self._header_meta(event)
-            self._series_channels[event.series] = list(event.channels)
-            self._series_headers[event.series] = event
-            for old in [s for s in self._series_meta if s != event.series][:-8]:
-                self._series_meta.pop(old, None)
-                self._series_channels.pop(old, None)
-                self._series_headers.pop(old, None)
+            self._book.note_series(event.series)
+            self._series.record(event)
         elif isinstance(event, StreamErrorEvent):
             if event.frame is not None:
                 # an image that came but cannot be read is lost for the user
                 self._loss.add("decode_failures")
-                with self._lock:
-                    mine = (self._count_series is None if event.series is None
-                            else self._of_count(event.series, event.frame))
-                    if mine and event.series == self._count_series:
-                        self._count_next = max(self._count_next, event.frame + 1)
-                    gen = self._gen if mine else -1
-                self._count_failure(gen, event.frame)
+                self._reducer.count_failure(self._book.unreadable(event.series, event.frame),
+                                            event.frame)
         elif isinstance(event, SeriesEnd):
-            if self._pool_gen is not None:
-                self._pool_finish()      # images lost on the way will not come
-            self._series_ended(event.series)
+            bridge = self._bridge
+            if bridge is not None and bridge.open:
+                bridge.finish()          # images lost on the way will not come
+            gen = self._book.series_ended(event.series)
+            if gen is not None:
+                self._reducer.maybe_finish(gen)
             # Finish an HDF5RAW series whatever autosave and the mode are now
             # (a no-op when none is open); queued after the series' frames.
-            saver = self._saver
-            if saver is not None:
-                saver.submit(self._close_raw, always=True)
-
-    def _note_series(self, series: int) -> None:
-        """(under _lock) Remember a series the stream carried."""
-        if not self._recent_series or self._recent_series[-1] != series:
-            self._recent_series.append(series)
-
-    def _of_count(self, series: int, frame: int) -> bool:
-        """(under _lock) Is frame ``frame`` of ``series`` one of the running count's?"""
-        if series in self._stale_series:
-            return False
-        if self._count_series is None:
-            return True
-        return series == self._count_series and frame >= self._count_lo and (
-            self._count_hi is None or frame < self._count_hi)
-
-    def _belongs(self, event: ImageMessage) -> bool:
-        """(under _lock, receiver thread, stream order) Is ``event`` one of the
-        running count's images? Frames of the count skipped over are lost."""
-        if not self._of_count(event.series, event.frame):
-            return False
-        if self._count_series is None:
-            return True
-        frame = event.frame
-        if frame > self._count_next:
-            self._mark_lost(range(self._count_next, frame))
-        self._count_next = max(self._count_next, frame + 1)
-        return True
-
-    def _mark_lost(self, frames: range) -> None:
-        """(under _lock) Frames of the count that will not come."""
-        if not frames:
-            return
-        self._failed_in_count += len(frames)
-        self._lost_in_count += len(frames)
-        if len(self._lost_frames) < 1000:
-            self._lost_frames.extend(frames[:1000])
-        self._cond.notify_all()
-
-    def _series_ended(self, series: int) -> None:
-        """The end message of ``series``: the count's frames not in by now are lost."""
-        with self._lock:
-            if series != self._count_series or self._count_hi is None:
-                return
-            self._mark_lost(range(self._count_next, self._count_hi))
-            self._count_next = self._count_hi
-            gen = self._gen
-        self._maybe_finish_accumulation(gen)
-
-    def _maybe_finish_accumulation(self, gen: int) -> None:
-        """Finish an accumulation whose missing images are known to be lost."""
-        with self._lock:
-            accumulator = self._accumulator if gen == self._gen else None
-            done = accumulator is not None and accumulator.added > 0 and \
-                accumulator.added + self._failed_in_count >= accumulator.nimages
-            # the latest image's metadata (series, times) over the count's own
-            meta = dict(self._count_meta, **self._last_meta)
-        if done:
-            assert accumulator is not None
-            self._finish_accumulation(gen, accumulator, meta)
+            self._save.end_series()
 
     def _dispatch(self, event: ImageMessage) -> None:
+        """Plan one frame: its count, its metadata, how it is saved, whether
+        its pixels are needed; then hand it to the stages."""
+        book = self._book
+        what = f"frame {event.frame} of series {event.series}"
         with self._lock:
-            lost_before = self._failed_in_count
-            self._seq += 1
-            self._note_series(event.series)
-            gen = self._gen if self._belongs(event) else -1
-            lost_now = self._receiver_lost()
-            if lost_now > self._lost_seen:
-                if self._count_series is None:
-                    # frames the receiver found missing belong to the running count
-                    self._failed_in_count += lost_now - self._lost_seen
-                    self._lost_in_count += lost_now - self._lost_seen
-                    self._cond.notify_all()
-                self._lost_seen = lost_now
-            lost_more = self._failed_in_count > lost_before
-            meta = dict(self._series_meta.get(event.series, {}))
-            meta.update(self._count_meta)
-            meta.update(series=event.series, frame=event.frame)
-            for key in ("start_time", "stop_time", "real_time"):
-                value = getattr(event, key)
-                if value is not None:
-                    meta[key] = value
-            if event.appendix is not None:
-                meta["image_appendix"] = event.appendix
-            job = _Job(event, self._seq, gen, meta)
-            if gen == self._gen:
-                self._last_meta = meta
-            pooled = self._accumulator if self._pool is not None and gen == self._gen else None
-            save_single = self.autosave and self._accumulator is None
+            lost_before = book.failed
+            seq = book.next_seq()
+            book.note_series(event.series)
+            gen = book.belongs(event.series, event.frame)
+            book.receiver_lost(self._receiver_lost())
+            lost_more = book.failed > lost_before
+            meta = frame_meta(self._series.meta(event.series), book.meta, event)
+            job = FrameJob(event, seq, gen, meta)
+            counted = gen != NOT_COUNTED and gen == book.gen
+            if counted:
+                book.last_meta = meta
+            accumulator = book.accumulator if counted else None
+            bridge = self._bridge if accumulator is not None else None
+            save_single = self.autosave and book.accumulator is None
             save_raw = save_single and self.save_mode == "HDF5RAW"
             if save_raw:
                 save_single = False
                 job.skippable = True
-                directory = self.settings.data_directory
-                prefix = self._prefix_for(event.series)
-                overwrite = self.overwrite
-                per_file = self.images_per_file
-            # Without TIFF saving or accumulation only the latest image's pixels
-            # matter (sum, maxval, ROIs and read look at it alone): an older
-            # image may be counted without decoding when newer ones wait.
-            if not save_single and self._accumulator is None:
+            if not save_single and book.accumulator is None:
                 job.skippable = True
                 rois = list(self.rois.values())
                 if self._roi_only and roi_stage.applies(
@@ -897,415 +669,56 @@ class StreamHandler:
                     job.rois = rois
                 elif save_raw:
                     job.rois = []
-            if save_single:
-                index = None
-                if self.autoindex:
-                    index = self.index
-                    self.index += 1
+            if save_single or save_raw:
                 directory = self.settings.data_directory
                 prefix = self._prefix_for(event.series)
                 overwrite = self.overwrite
+                per_file = self.images_per_file
+            index = None
+            if save_single and self.autoindex:
+                index = self.index
+                self.index += 1
         if lost_more:
-            self._maybe_finish_accumulation(self._gen)
+            self._reducer.maybe_finish(book.gen)
         if save_single:
             nbytes = sum(int(np.prod(e.shape)) * e.dtype.itemsize
                          for e in event.channels.values())
-            self._submit_save(lambda: self._save_job(job, directory, prefix, index, overwrite),
-                              nbytes, f"frame {event.frame} of series {event.series}")
+            self._save.save_tiffs(lambda: wait_result(job.done, lambda: job.result,
+                                                      self._closing, self._loss),
+                                  directory, prefix, index, overwrite, what, nbytes)
         if save_raw:
-            self._submit_save(
-                lambda: self._save_raw(event, meta, directory, prefix, per_file, overwrite),
-                event.nbytes, f"frame {event.frame} of series {event.series}")
-        if pooled is not None:
-            self._pool_accumulate(job, event, pooled)
+            self._save.save_raw(event, meta, directory, prefix, per_file, overwrite,
+                                self._series.header(event.series))
+        if bridge is not None and accumulator is not None:
+            bridge.accumulate(job, event, accumulator)
             return
-        # Block while the workers are busy: back-pressure reaches zmq and the DCU.
-        while not self._closing.is_set():
-            try:
-                self._queue.put(job, timeout=0.2)
-                return
-            except queue.Full:
-                continue
+        # Blocks while the decode threads are busy: back-pressure reaches zmq and the DCU.
+        self._decode.put(job)
 
-    # -- worker processes (--workers N), on the receiver thread --------------------
-    def _worker_host(self) -> str:
-        return "0.0.0.0" if int(self.options.worker_port) else "127.0.0.1"
-
-    def _pool_accumulate(self, job: _Job, event: ImageMessage,
-                         accumulator: imageproc.Accumulator) -> None:
-        """Hand one image of an accumulating count to the worker processes."""
-        pool = self._pool
-        assert pool is not None
-        if self._pool_gen != job.gen:
-            if self._pool_gen is not None:
-                self._pool_finish()
-            pool.begin(job.gen, "accum")
-            self._pool_gen, self._pool_sent = job.gen, 0
-        self._pool_meta = job.meta
-        if not pool.submit(job.gen, event):
-            self._errors.append(f"frame {event.frame} of series {event.series}: no stream "
-                                "worker took it; counted as lost")
-            self._loss.add("decode_failures")
-            self._count_failure(job.gen, event.frame)
-        else:
-            self._pool_sent += 1
+    def _accumulated(self, gen: int, result: ImageResult) -> None:
+        """(decode thread) A count's accumulated image is in: save it if asked."""
         with self._lock:
-            due = self._pool_sent + self._failed_in_count >= accumulator.nimages
-        if due:
-            self._pool_finish()
-
-    def _pool_finish(self) -> None:
-        """Merge the workers' partial sums of the open count and finish it."""
-        pool, gen = self._pool, self._pool_gen
-        self._pool_gen = None
-        if pool is None or gen is None:
-            return
-        merged = pool.finish(gen)
-        with self._lock:
-            accumulator = self._accumulator if gen == self._gen else None
-        for message in merged.errors + [reason for _, reason in merged.failed]:
-            self._errors.append(message)
-            log.warning("%s", message)
-        if accumulator is None:
-            return
-        accumulator.add_partial(merged.sums, merged.masks, merged.frames)
-        with self._cond:
-            if gen == self._gen:
-                # counted when merged: until then the count is not complete
-                self._collected += len(merged.frames)
-        for frame in merged.lost:                # a worker died with them
-            self._loss.add("decode_failures")
-            self._count_failure(gen, frame, lost=True)
-        for frame, _ in merged.failed:
-            self._loss.add("decode_failures")
-            self._count_failure(gen, frame)
-        if accumulator.added:
-            self._finish_accumulation(gen, accumulator, dict(self._pool_meta))
-
-    # -- worker threads ----------------------------------------------------------
-    def _work(self) -> None:
-        while not self._closing.is_set():
-            try:
-                job = self._queue.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if job is None:
+            if not self.autosave:
                 return
-            try:
-                if job.skippable and not self._queue.empty():
-                    self._skip(job)
-                    continue
-                self._process(job)
-            except Exception as exc:          # nothing may kill a worker
-                log.exception("processing an image failed")
-                self._errors.append(f"processing an image failed: {exc}")
-                self._loss.add("decode_failures")
-                job.failed = True
-                self._count_failure(job.gen, job.event.frame if job.event else None)
-            finally:
-                job.event = None
-                job.done.set()
+            index = None
+            if self.autoindex:
+                index = self.index
+                self.index += 1
+            directory = self.settings.data_directory
+            prefix = self._prefix_for(result.series)
+            overwrite = self.overwrite
+        job = FrameJob.finished(result, gen)
+        self._save.save_tiffs(lambda: job.result, directory, prefix, index, overwrite,
+                              f"accumulated image of series {result.series}",
+                              sum(a.nbytes for a in result.channels.values()))
 
-    def _process(self, job: _Job) -> None:
-        event = job.event
-        assert event is not None
-        if job.rois is not None:
-            self._process_rois(job, event)
-            return
-        try:
-            arrays = {name: encoded.decode(f"frame {event.frame} of series {event.series}, "
-                                           f"channel {name}")
-                      for name, encoded in event.channels.items()}
-        except DecodeError as exc:
-            job.failed = True
-            self._loss.add("decode_failures")
-            self._errors.append(str(exc))
-            log.warning("%s", exc)
-            self._count_failure(job.gen, event.frame)
-            return
-        first = next(iter(arrays.values()))
-        accumulator = None
-        with self._lock:
-            if job.gen == self._gen:
-                accumulator = self._accumulator
-        if accumulator is not None:
-            finished = accumulator.add(arrays, event.frame)
-            with self._cond:
-                if job.gen == self._gen:
-                    self._collected += 1
-                    # images lost earlier in the count will not come: finish without them
-                    finished = finished or (
-                        accumulator.added + self._failed_in_count >= accumulator.nimages)
-                    self._cond.notify_all()
-            if finished:
-                self._finish_accumulation(job.gen, accumulator, job.meta)
-            return
-        result = ImageResult(data=first, raw=first, channels=arrays, series=event.series,
-                             frame=event.frame, nframes=1, metadata=job.meta)
-        job.result = result
-        self.observer.on_image(first, job.meta)
-        with self._cond:
-            if job.gen == self._gen:
-                self._collected += 1
-            # an image that is not the count's (a stale series) is never its result
-            if job.seq > self._latest_seq and job.gen == self._gen:
-                self._set_latest(result, job.seq)
-            self._cond.notify_all()
-
-    def _process_rois(self, job: _Job, event: ImageMessage) -> None:
-        """ROI-only count or HDF5RAW: only the ROI rows (if any) are decoded (roi_stage)."""
-        try:
-            result = roi_stage.partial_image(event, job.rois or [], job.meta, self.low_filter,
-                                             self.high_filter)
-        except DecodeError as exc:
-            job.failed = True
-            self._loss.add("decode_failures")
-            self._errors.append(str(exc))
-            log.warning("%s", exc)
-            self._count_failure(job.gen, event.frame)
-            return
-        with self._cond:
-            if job.gen == self._gen:
-                self._collected += 1
-            # an image that is not the count's (a stale series) is never its result
-            if job.seq > self._latest_seq and job.gen == self._gen:
-                self._set_latest(result, job.seq)
-            self._cond.notify_all()
-
-    def _skip(self, job: _Job) -> None:
-        """Count an image whose pixels nobody needs (newer ones are queued)."""
-        with self._cond:
-            if job.gen == self._gen:
-                self._collected += 1
-            self._cond.notify_all()
-
-    def _finish_accumulation(self, gen: int, accumulator: imageproc.Accumulator,
-                             meta: Dict[str, Any]) -> None:
-        channels = accumulator.result()
-        first = next(iter(channels.values()))
-        meta = dict(meta, nframes=accumulator.added, accumulated=True,
-                    first_frame=accumulator.first_frame, frame=accumulator.last_frame)
-        result = ImageResult(data=first, raw=first, channels=channels,
-                             series=int(meta.get("series", 0)),
-                             frame=int(accumulator.last_frame or 0),
-                             nframes=accumulator.added, metadata=meta)
-        with self._cond:
-            if gen != self._gen or self._accumulator is not accumulator:
-                return                    # finished already (or a new count began)
-            self._accumulator = None
-            self._seq += 1
-            self._set_latest(result, self._seq)
-            self._cond.notify_all()
-            save = self.autosave
-            if save:
-                index = None
-                if self.autoindex:
-                    index = self.index
-                    self.index += 1
-                directory = self.settings.data_directory
-                prefix = self._prefix_for(result.series)
-                overwrite = self.overwrite
-        self.observer.on_image(first, meta)
-        if save:
-            job = _Job(None, 0, gen, meta)   # type: ignore[arg-type]
-            job.result = result
-            job.done.set()
-            self._submit_save(lambda: self._save_job(job, directory, prefix, index, overwrite),
-                              sum(a.nbytes for a in channels.values()),
-                              f"accumulated image of series {result.series}")
-
-    def _complete(self, result: ImageResult) -> ImageResult:
-        """``result`` decoded whole (a ROI-only image is decoded now, once)."""
-        if not isinstance(result, roi_stage.PartialImage):
-            return result
-        full = result.complete()
-        with self._lock:
-            if self._latest is result:
-                self._latest = full
-        return full
-
-    def _set_latest(self, result: ImageResult, seq: int) -> None:
-        self._latest = result
-        self._latest_seq = seq
-        self._delivered = None
-        self._stats = {}
-
-    def _count_failure(self, gen: int, frame: Optional[int] = None, *,
-                       lost: bool = False) -> None:
-        """An image (``frame``) of count ``gen`` arrived and cannot be read
-        (``lost``: it never arrived, e.g. a worker died with it)."""
-        with self._cond:
-            if gen != self._gen:
-                return
-            self._failed_in_count += 1
-            if lost:
-                self._lost_in_count += 1
-                if len(self._lost_frames) < 1000 and frame is not None:
-                    self._lost_frames.append(int(frame))
-            elif len(self._bad_frames) < 1000:
-                self._bad_frames.append(-1 if frame is None else int(frame))
-            self._cond.notify_all()
-        # finish with the images that did arrive; the rest are in dropped
-        self._maybe_finish_accumulation(gen)
-
-    def _count_complete(self) -> bool:
-        """(under _lock) True when no image of the count is still expected."""
-        if not self._counting:
-            return True
-        if self._expected <= 0:
-            return False                  # opened, not yet begun
-        if self.accumulate:
-            return self._accumulator is None or (
-                self._collected + self._failed_in_count >= self._expected
-                and self._accumulator.added == 0)
-        return self._collected + self._failed_in_count >= self._expected
-
-    # -- saver thread ------------------------------------------------------------
-    def _submit_save(self, job: Any, nbytes: int, what: str) -> None:
-        saver = self._saver
-        if saver is None or not saver.submit(job, nbytes):
-            if nbytes:
-                self._loss.add("unsaved")
-            log.warning("%s not saved: saving is behind (queue of %s images full); the "
-                        "disk is too slow", what, self.save_depth)
-
-    def _save_raw(self, event: ImageMessage, meta: Dict[str, Any], directory: str,
-                  prefix: str, per_file: int, overwrite: bool) -> None:
-        """(saver thread) Store one frame's compressed blobs in the HDF5RAW files.
-
-        Any failure (a bad name, a full disk, ...) counts the frame as unsaved
-        and is raised as a DataError for the saver to report."""
-        writer = self._raw_writer
-        base = ""
-        try:
-            base = tiff_name(directory, prefix, event.series)[:-len(".tif")]
-            if writer.series != event.series or writer.requested_base != base:
-                if writer.series is not None:
-                    try:
-                        self._close_raw()
-                    except DataError as exc:      # that series' problem, not this frame's
-                        self._saver_error(exc)
-                nimages = meta.get("nimages")
-                try:
-                    nimages = int(nimages) * max(1, int(meta.get("ntrigger") or 1)) \
-                        if nimages else None
-                except (TypeError, ValueError):
-                    nimages = None
-                writer.start(base, event.series, nimages=nimages, images_per_file=per_file,
-                             overwrite=overwrite, metadata=meta,
-                             header=self._series_headers.get(event.series))
-            writer.write(event.frame, event.channels)
-        except Exception as exc:
-            self._loss.add("unsaved")
-            if isinstance(exc, DataError):
-                raise
-            raise paths.disk_error(exc, base or directory, "HDF5RAW: saving frame "
-                                   f"{event.frame} of series {event.series} in") from None
-
-    def _close_raw(self) -> None:
-        """(saver thread) Finish the open HDF5RAW series, if any; latest_file
-        names its master once that is written."""
-        writer = self._raw_writer
-        if writer.series is None:
-            return
-        master = writer.master
-        try:
-            writer.close()
-        except DataError:
-            raise
-        except Exception as exc:
-            raise paths.disk_error(exc, master, "HDF5RAW: finishing the series of") from None
-        finally:
-            if writer.written_master:
-                self.latest_file = writer.written_master
-                self.observer.on_saved([writer.written_master], writer.frames_written)
-
-    def _saver_error(self, exc: Exception) -> None:
-        """Report a saving error that is not raised to the saver."""
-        log.error("%s", exc)
-        saver = self._saver
-        if saver is not None:
-            saver.errors.append(str(exc))
-
-    def _save_job(self, job: _Job, directory: str, prefix: str, index: Optional[int],
-                  overwrite: bool) -> None:
-        while not job.done.wait(0.5):
-            if self._closing.is_set():
-                self._loss.add("unsaved")           # the server stops before the image was decoded
-                return
-        result = job.result
-        if result is None:
-            return                          # decode failed: already counted and logged
-        channels = result.channels
-        multi = len(channels) > 1
-        written: List[str] = []
-        try:
-            for channel, array in channels.items():
-                path = tiff_name(directory, prefix, result.series, index,
-                                 channel if multi else None)
-                meta = dict(result.metadata, channel=channel)
-                written.append(save_tiff(path, array, meta, overwrite=overwrite))
-        except Exception:
-            self._loss.add("unsaved")               # lost for good (disk full, ...): counts as dropped
-            raise
-        self.latest_file = written[0] if written else ""
-        self.observer.on_saved(written, 1)
-
-    # -- names and metadata ------------------------------------------------------
+    # -- names -------------------------------------------------------------------
     def _prefix_for(self, series: Optional[int]) -> str:
         return paths.expand_id(self.prefix or self.settings.prefix, series)
 
     def _user_path(self, name: str, what: str) -> str:
         """The full path for a name from spec (see paths.resolve_user_path)."""
         return paths.resolve_user_path(self.settings.data_directory, name, what)
-
-    def _snapshot_meta(self) -> Dict[str, Any]:
-        """Detector values for the metadata of this count's images (cached reads)."""
-        meta: Dict[str, Any] = {}
-        keys = _META_KEYS + (_META_KEYS_18 if self.detector.version_at_least(1, 8) else ())
-        for key in keys:
-            try:
-                meta[key] = self.detector.config_value(key)
-            except (EigerError, KeyError, TypeError):
-                continue
-        if "photon_energy" in meta:
-            meta["energy"] = meta["photon_energy"]
-        thresholds = {f"threshold_{n}": meta[f"threshold/{n}/energy"] for n in (1, 2)
-                      if f"threshold/{n}/energy" in meta}
-        if not thresholds and "threshold_energy" in meta:
-            thresholds = {"threshold_1": meta["threshold_energy"]}
-        if thresholds:
-            meta["thresholds"] = thresholds
-        return meta
-
-    @staticmethod
-    def _header_meta(header: SeriesHeader) -> Dict[str, Any]:
-        config = header.config or {}
-        meta: Dict[str, Any] = {"series": header.series}
-        for key in ("count_time", "frame_time", "photon_energy", "incident_energy",
-                    "threshold_energy", "bit_depth_image", "nimages", "ntrigger",
-                    "description", "detector_description", "detector_number",
-                    "detector_serial_number", "wavelength", "incident_wavelength"):
-            if key in config:
-                value = config[key]
-                meta[key] = dict(value) if isinstance(value, dict) or hasattr(value, "items") \
-                    else value
-        if "incident_energy" in meta and "photon_energy" not in meta:
-            meta["photon_energy"] = meta["incident_energy"]
-        if "photon_energy" in meta:
-            meta["energy"] = meta["photon_energy"]
-        threshold = meta.get("threshold_energy")
-        if isinstance(threshold, dict):            # V2: energy per channel
-            meta["thresholds"] = meta.pop("threshold_energy")
-        elif threshold is not None:
-            meta["thresholds"] = {"threshold_1": threshold}
-        if header.channels:
-            meta["channels"] = list(header.channels)
-        if header.unique_id:
-            meta["series_unique_id"] = header.unique_id
-        if header.appendix is not None:
-            meta["header_appendix"] = header.appendix
-        return meta
 
     # -- statistics on the latest image ------------------------------------------
     def _delivery_key(self) -> tuple:
@@ -1316,23 +729,20 @@ class StreamHandler:
     def _stat(self, kind: str, bounds: Optional[tuple] = None) -> Any:
         self._check_result({"sum": "sum", "max": "maxval"}.get(kind, "roi"))
         if kind == "roi":
-            with self._lock:
-                partial = self._latest
-            value = roi_stage.known_sum(partial, bounds, *self._delivery_key())
+            value = roi_stage.known_sum(self._latest.held, bounds, *self._delivery_key())
             if value is not None:
                 return value
         else:
             self._full_asked = True
-        image_key, latest = self._latest_delivered()
+        image_key, latest = self._latest.delivered(self._delivery_key())
         if latest is None:
-            with self._lock:
-                running = self._counting and not self._count_complete()
+            running = not self._book.complete()
             raise DataError("the running count has no result yet; wait for get_status 0"
                             if running else "No acquisition done")
         key = (image_key, kind, bounds)
-        with self._lock:
-            if key in self._stats:
-                return self._stats[key]
+        found, value = self._latest.cached(key)
+        if found:
+            return value
         if kind == "sum":
             value = imageproc.masked_sum(latest.data)
         elif kind == "max":
@@ -1340,18 +750,5 @@ class StreamHandler:
         else:
             r0, r1, c0, c1 = bounds  # type: ignore[misc]
             value = imageproc.roi_sum(latest.data, r0, r1, c0, c1)
-        with self._lock:
-            if len(self._stats) > 64:
-                self._stats.clear()
-            self._stats[key] = value
+        self._latest.remember(key, value)
         return value
-
-
-def _frames_text(frames: List[int]) -> str:
-    """" (frames 2, 4, 6)" for the known frame numbers, at most 20 of them."""
-    known = [f for f in frames if f >= 0]
-    if not known:
-        return ""
-    shown = ", ".join(str(f) for f in known[:20])
-    more = f" and {len(known) - 20} more" if len(known) > 20 else ""
-    return f" (frame{'s' if len(known) > 1 else ''} {shown}{more})"

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
 from eiger_server.errors import DataError
+from eiger_server.formats.decode import Encoded
 from eiger_server.stream import kernels
 
 ROTATIONS = (0, 90, 180, 270)
@@ -248,6 +249,14 @@ class Accumulator:
         finally:
             slot.lock.release()
         return finished
+
+    def add_encoded(self, channels: Mapping[str, Encoded], frame: int = 0,
+                    what: str = "") -> bool:
+        """Decode and add one image (``what`` names it in a DecodeError);
+        True when this was the last one needed."""
+        arrays = {name: encoded.decode(f"{what}, channel {name}" if what else "")
+                  for name, encoded in channels.items()}
+        return self.add(arrays, frame)
 
     def add_partial(self, sums: Dict[str, np.ndarray], masks: Dict[str, np.ndarray],
                     frames: List[int]) -> bool:

@@ -43,7 +43,7 @@ def test_config_follows_acq_mode_and_bit_depth_between_counts(server, fake_dcu, 
             assert (int(rows), int(cols)) == (height, width)
             image = client.read(0, height - 1, 0, width - 1)
             assert image.dtype == WIRE[kind], (prefix, announced)
-            files = wait_for(lambda: glob.glob(os.path.join(data, f"{prefix}*.tif")), 20,
+            files = wait_for(lambda: glob.glob(os.path.join(data, f"{prefix}_[0-9]*.tif")), 20,
                              what=f"the TIFF of {prefix}")
             assert tifffile.imread(sorted(files)[-1]).dtype == WIRE[kind]
             return kind

@@ -45,15 +45,15 @@ def test_roi_only_count_decodes_only_rows_and_stays_exact(tmp_path):
         # spec asked for the sum in this count: the next one still decodes whole images
         handler.get_sum()
         count(handler, images, 2)
-        assert not isinstance(handler._latest, roi_stage.PartialImage)
+        assert not isinstance(handler.held_image(), roi_stage.PartialImage)
         handler.get_roival()
         # only ROI sums since the last count began: this count is ROI-only
         count(handler, images, 3)
-        assert isinstance(handler._latest, roi_stage.PartialImage)
+        assert isinstance(handler.held_image(), roi_stage.PartialImage)
         last = images[-1]
         assert handler.get_roival() == [imageproc.roi_sum(last, 10, 40, 5, 100),
                                         imageproc.roi_sum(last, 250, 400, 0, 259)]
-        assert isinstance(handler._latest, roi_stage.PartialImage)   # still not decoded
+        assert isinstance(handler.held_image(), roi_stage.PartialImage)   # still not decoded
         # asking for more decodes the image then: the answer is the whole image's
         assert handler.get_sum() == imageproc.masked_sum(last)
         assert handler.get_maxval() == imageproc.masked_max(last)
@@ -63,7 +63,7 @@ def test_roi_only_count_decodes_only_rows_and_stays_exact(tmp_path):
         handler.get_roival()
         handler.set_low_filter("500")
         count(handler, images, 5)
-        assert isinstance(handler._latest, roi_stage.PartialImage)
+        assert isinstance(handler.held_image(), roi_stage.PartialImage)
         filtered = imageproc.apply_filters(last, low=500)
         assert handler.get_roival() == [imageproc.roi_sum(filtered, 10, 40, 5, 100),
                                         imageproc.roi_sum(filtered, 250, 400, 0, 259)]

@@ -1,0 +1,132 @@
+"""The decode stage: a bounded queue of frames and the threads that take them.
+
+The receiver thread puts each frame of interest in (blocking when the queue
+is full, so back-pressure reaches ZeroMQ and the DCU); each decode thread
+takes one and runs the reduce step on it (reduce.py). A frame whose pixels
+nobody needs unless it is the newest (``skippable``) is counted without
+decoding when newer frames wait: latest wins.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from eiger_server.formats.stream_events import ImageMessage
+from eiger_server.stream.imageproc import ImageResult
+
+__all__ = ["DecodeStage", "FrameJob"]
+
+log = logging.getLogger(__name__)
+
+
+class FrameJob:
+    """One image on its way through the pipeline."""
+
+    __slots__ = ("event", "seq", "gen", "meta", "result", "failed", "done", "skippable",
+                 "rois")
+
+    def __init__(self, event: Optional[ImageMessage], seq: int, gen: int,
+                 meta: Dict[str, Any]) -> None:
+        self.event = event
+        self.seq = seq
+        self.gen = gen
+        self.meta = meta
+        self.result: Optional[ImageResult] = None
+        self.failed = False
+        self.done = threading.Event()
+        # True when nothing needs this image's pixels unless it is the newest:
+        # a decode thread finding newer images queued counts it without decoding.
+        self.skippable = False
+        # Not None: decode only the rows of these ROIs (an ROI-only count), or
+        # nothing ([]: HDF5RAW saves the compressed frame); roi_stage keeps the
+        # image encoded until spec asks for more
+        self.rois: Optional[List[Tuple[int, int, int, int]]] = None
+
+    @classmethod
+    def finished(cls, result: ImageResult, gen: int) -> "FrameJob":
+        """A job whose image is already there (an accumulated result)."""
+        job = cls(None, 0, gen, result.metadata)
+        job.result = result
+        job.done.set()
+        return job
+
+
+class DecodeStage:
+    """``threads`` decode threads over one queue of ``depth`` frames.
+
+    ``run(job)`` decodes and reduces a frame, ``skip(job)`` counts one
+    without decoding, ``failed(job, exc)`` reports one that raised; every
+    job's ``done`` is set afterwards, whatever happened.
+    """
+
+    def __init__(self, threads: int, depth: int, *, run: Callable[[FrameJob], None],
+                 skip: Callable[[FrameJob], None],
+                 failed: Callable[[FrameJob, Exception], None],
+                 closing: threading.Event) -> None:
+        self.nthreads = max(1, int(threads))
+        self.depth = max(1, int(depth))
+        self._run = run
+        self._skip = skip
+        self._failed = failed
+        self._closing = closing
+        self._queue: "queue.Queue[Optional[FrameJob]]" = queue.Queue(self.depth)
+        self._threads: List[threading.Thread] = []
+
+    @property
+    def started(self) -> bool:
+        return bool(self._threads)
+
+    def start(self) -> None:
+        if self._threads:
+            return
+        for number in range(self.nthreads):
+            thread = threading.Thread(target=self._work, name=f"stream-decode-{number}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def put(self, job: FrameJob) -> None:
+        """(receiver thread) Queue ``job``, waiting while the queue is full."""
+        while not self._closing.is_set():
+            try:
+                self._queue.put(job, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def qsize(self) -> int:
+        return self._queue.qsize()
+
+    def close(self) -> None:
+        """Stop the threads (``closing`` is set by the owner first)."""
+        for _ in self._threads:
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                pass
+        for thread in self._threads:
+            thread.join(timeout=2)
+        self._threads = []
+
+    def _work(self) -> None:
+        while not self._closing.is_set():
+            try:
+                job = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if job is None:
+                return
+            try:
+                if job.skippable and not self._queue.empty():
+                    self._skip(job)
+                    continue
+                self._run(job)
+            except Exception as exc:          # nothing may kill a decode thread
+                log.exception("processing an image failed")
+                job.failed = True
+                self._failed(job, exc)
+            finally:
+                job.event = None
+                job.done.set()
