@@ -13,13 +13,16 @@ Layout (like the DCU's own NXmx files)::
     <name>_master.h5   /entry (NXentry), /entry/data (NXdata) with
                        data_000001, data_000002 ... external links to
     <name>_data_000001.h5:/entry/data/data   (n, height, width), one image per
-                       chunk, attributes image_nr_low / image_nr_high (1-based)
+                       chunk, attributes image_nr_low / image_nr_high (1-based:
+                       the images of its first and last row)
 
 With several channels (stream V2 thresholds) each channel gets its own data
 files ``<name>_<channel>_data_000001.h5`` and master links
 ``<channel>_000001``. Frame ``i`` of the series lands in file ``i //
 nimages_per_file + 1`` at index ``i % nimages_per_file``; a lost frame leaves
-its slot unwritten (reads as 0).
+its slot unwritten (reads as 0). A data file is made with room for the frames
+the series is to have (``nimages``, when known, so that no frame has to grow
+the dataset) and ends at the last frame written to it when it is finished.
 
 :class:`Hdf5RawWriter` keeps the open files of one series. It is not
 thread-safe: the stream handler calls it only from its saver thread, through
@@ -32,7 +35,7 @@ import glob
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import h5py
 import numpy as np
@@ -80,11 +83,13 @@ class _Channel:
     elem_size: int
     shape: Tuple[int, ...]
     dtype: np.dtype
+    name_ok: bool = False         # the name was checked for use in file names
     file_index: int = 0
     file: Optional[h5py.File] = None
     dataset: Optional[h5py.Dataset] = None
-    low: int = 0
-    high: int = 0
+    rows: int = 0                 # the open dataset's length (asking h5py costs more)
+    write_chunk: Optional[Callable[..., Any]] = None    # its id.write_direct_chunk
+    high: int = 0                 # the number (1-based) of the last frame written to the file
     files: Dict[int, str] = field(default_factory=dict)
 
 
@@ -148,20 +153,25 @@ class Hdf5RawWriter:
             raise DataError("HDF5RAW: a frame came before its series was started")
         multi = len(channels) > 1
         for name, encoded in channels.items():
-            if multi and not valid_channel(name):
-                raise DataError(f"HDF5RAW: channel name {name!r} cannot be part of a file name")
             channel = self._channels.get(name)
-            if channel is None:
-                kind, elem_size = chunk_kind(encoded)
-                channel = self._channels[name] = _Channel(
-                    kind, elem_size, tuple(int(n) for n in encoded.shape),
-                    np.dtype(encoded.dtype).newbyteorder("<"))
-            if tuple(encoded.shape) != channel.shape:
+            if channel is None or (multi and not channel.name_ok):
+                if multi and not valid_channel(name):
+                    raise DataError(f"HDF5RAW: channel name {name!r} cannot be part of a "
+                                    "file name")
+                if channel is None:
+                    kind, elem_size = chunk_kind(encoded)
+                    channel = self._channels[name] = _Channel(
+                        kind, elem_size, tuple(int(n) for n in encoded.shape),
+                        np.dtype(encoded.dtype).newbyteorder("<"))
+                channel.name_ok = multi
+            shape = encoded.shape
+            if shape != channel.shape and tuple(shape) != channel.shape:
                 raise DataError(f"HDF5RAW: frame {frame} is {encoded.shape}, the series "
                                 f"started with {channel.shape}")
             try:
                 self._put(name if multi else None, channel, int(frame),
-                          _chunk_bytes(channel.kind, encoded))
+                          encoded.data if channel.kind != "lz4-raw"
+                          else _chunk_bytes(channel.kind, encoded))
             except (OSError, RuntimeError) as exc:     # h5py: disk full, file too large ...
                 where = channel.files.get(channel.file_index) or self.base
                 raise paths.disk_error(exc, where, f"HDF5RAW: writing frame {frame} to") \
@@ -207,20 +217,26 @@ class Hdf5RawWriter:
         return paths.safe_join(os.path.dirname(self.base) or ".", name, allow_subdirs=False)
 
     def _put(self, name: Optional[str], channel: _Channel, frame: int, chunk: Any) -> None:
-        per_file = self.images_per_file
-        number = frame // per_file + 1
-        index = frame % per_file
+        # once per frame: as little Python and as few HDF5 calls as can be
+        number, index = divmod(frame, self.images_per_file)
+        number += 1
         if channel.file_index != number:
             self._close_file(channel)
             self._open_file(name, channel, number)
-        dataset = channel.dataset
-        assert dataset is not None
-        if index >= dataset.shape[0]:
-            dataset.resize(min(per_file, max(index + 1, 2 * dataset.shape[0])), axis=0)
-        dataset.id.write_direct_chunk((index, 0, 0), chunk)
-        low, high = frame + 1, frame + 1
-        channel.low = low if not channel.low else min(channel.low, low)
-        channel.high = max(channel.high, high)
+        write_chunk = channel.write_chunk
+        if write_chunk is None:
+            raise DataError(f"HDF5RAW: data file {number} of the series is closed")
+        if index >= channel.rows:          # more frames than expected: grow, doubling
+            self._grow(channel, index + 1)
+        write_chunk((index, 0, 0), chunk)
+        if frame >= channel.high:           # image numbers are 1-based
+            channel.high = frame + 1
+
+    def _grow(self, channel: _Channel, rows: int) -> None:
+        assert channel.dataset is not None
+        rows = min(self.images_per_file, max(rows, 2 * channel.rows))
+        channel.dataset.resize(rows, axis=0)
+        channel.rows = rows
 
     def _open_file(self, name: Optional[str], channel: _Channel, number: int) -> None:
         path = self._data_path(name, number)
@@ -246,7 +262,8 @@ class Hdf5RawWriter:
                 pass
             raise
         channel.file, channel.dataset, channel.file_index = handle, dataset, number
-        channel.low = channel.high = 0
+        channel.rows, channel.write_chunk = rows, dataset.id.write_direct_chunk
+        channel.high = 0
         channel.files[number] = path
 
     def _close_file(self, channel: _Channel) -> None:
@@ -256,11 +273,13 @@ class Hdf5RawWriter:
         try:
             first = (channel.file_index - 1) * self.images_per_file
             used = channel.high - first if channel.high else 0
-            if used and used < dataset.shape[0] and not self.nimages:
+            if used and used < channel.rows:    # room for frames that never came
                 dataset.resize(used, axis=0)
-            nxmx.label_data(dataset, channel.low or first + 1, channel.high or first)
+            # row i is image first + 1 + i, also when the file's first frames were lost
+            nxmx.label_data(dataset, first + 1, channel.high or first)
         finally:
-            channel.file = channel.dataset = None
+            channel.file = channel.dataset = channel.write_chunk = None
+            channel.rows = 0
             handle.close()
 
     def _master_config(self) -> Dict[str, Any]:

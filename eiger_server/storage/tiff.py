@@ -1,9 +1,25 @@
 """TIFF files of streamed images: names, atomic writes, a saving thread.
 
-* :func:`save_tiff` writes one image with tifffile through
-  ``paths.atomic_file``: a reader never sees a partial file under the final
-  name, and a failed write leaves nothing behind. The acquisition metadata is
-  stored as JSON in the TIFF ImageDescription.
+* :func:`save_tiff` writes one image through ``paths.atomic_file``: a reader
+  never sees a partial file under the final name, and a failed write leaves
+  nothing behind. The acquisition metadata is stored as JSON in the TIFF
+  ImageDescription. The directory is made when missing (also when it was
+  removed since the last image).
+* The layout of our files is defined here (TIFF 6.0, baseline): little-endian,
+  one IFD, one uncompressed strip, minisblack, the tags ImageWidth,
+  ImageLength, BitsPerSample, Compression, PhotometricInterpretation,
+  ImageDescription, StripOffsets, SamplesPerPixel, RowsPerStrip,
+  StripByteCounts, X/YResolution (1/1), ResolutionUnit (none), Software
+  and, for signed and float pixels, SampleFormat; the values that do not fit
+  in their entry follow the IFD in tag order, each of even length, and the
+  pixels start at the next multiple of 16 bytes. That is the file tifffile
+  wrote for us (``tifffile.imwrite(..., photometric="minisblack",
+  description=..., software="eiger_server", metadata=None)``), byte for byte
+  (checked with tifffile 2026.3); it is written here directly, header and
+  pixels in one writev, because tifffile's own Python work per call (about
+  0.2 ms) was more than all the rest of save_tiff. Images this layout does
+  not cover (other dtypes, not 2-D, 2 GB and more) are still written by
+  tifffile.
 * :func:`tiff_name` builds the file names of autosaved images.
 * :class:`TiffSaver` runs save jobs on its own thread, in the order they were
   submitted, from a queue bounded in jobs and bytes: when the disk is too slow
@@ -12,11 +28,13 @@
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import logging
 import os
+import struct
 import threading
-from typing import Any, Callable, Deque, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tifffile
@@ -27,6 +45,7 @@ from eiger_server.errors import DataError
 log = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+SOFTWARE = "eiger_server"         # the Software tag of our files
 _name_lock = threading.Lock()     # choosing a unique name and creating it is one step
 
 
@@ -35,21 +54,61 @@ def with_suffix(name: str) -> str:
     return name if name.lower().endswith(TIFF_SUFFIXES) else name + ".tif"
 
 
+# -- the ImageDescription: JSON of the metadata ---------------------------------------------
+def _plain(value: Any) -> Any:
+    """``value`` as JSON can take it: numpy scalars as Python ones, bytes as
+    text, mappings with string keys, anything else unknown as its str()."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _json_default(value: Any) -> Any:
+    """What the JSON encoder cannot take itself, made plain (as :func:`_plain`)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (Mapping, bytes, bytearray, memoryview)):
+        return _plain(value)
+    return str(value)
+
+
+def _odd_keys(value: Any) -> bool:
+    """True when a dict inside ``value`` has a key that is not a str (the
+    encoder would write True as "true", and sort 2 before 10)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if type(key) is not str:
+                return True
+            if isinstance(item, (dict, list, tuple)) and _odd_keys(item):
+                return True
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            if isinstance(item, (dict, list, tuple)) and _odd_keys(item):
+                return True
+    return False
+
+
+_ENCODER = json.JSONEncoder(sort_keys=True, default=_json_default)
+
+
 def description(metadata: Mapping[str, Any]) -> str:
-    """The JSON text stored in the ImageDescription tag."""
-    def plain(value: Any) -> Any:
-        if isinstance(value, np.generic):
-            return value.item()
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            return bytes(value).decode("utf-8", "replace")
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, Mapping):
-            return {str(k): plain(v) for k, v in value.items()}
-        if value is None or isinstance(value, (str, int, float, bool)):
-            return value
-        return str(value)
-    return json.dumps(plain(dict(metadata)), sort_keys=True)
+    """The JSON text stored in the ImageDescription tag (ASCII, keys sorted)."""
+    data = metadata if isinstance(metadata, dict) else dict(metadata)
+    if not _odd_keys(data):
+        try:
+            # the same text as below, without copying what JSON takes as it is
+            return _ENCODER.encode(data)
+        except TypeError:
+            pass
+    return json.dumps(_plain(dict(data)), sort_keys=True)
 
 
 def read_metadata(path: str) -> Dict[str, Any]:
@@ -59,41 +118,141 @@ def read_metadata(path: str) -> Dict[str, Any]:
     return json.loads(text) if text else {}
 
 
+# -- the file -----------------------------------------------------------------------------------
+# TIFF 6.0 field types, and the SampleFormat of each numpy kind (1, unsigned, is the default)
+_ASCII, _SHORT, _LONG, _RATIONAL = 2, 3, 4, 5
+_SAMPLE_FORMAT = {"u": 1, "i": 2, "f": 3}
+_ITEM_SIZES = {"u": (1, 2, 4, 8), "i": (1, 2, 4, 8), "f": (2, 4, 8)}
+_LARGEST = 1 << 31                # from here on tifffile (which knows when BigTIFF is needed)
+_SOFTWARE_VALUE = SOFTWARE.encode("ascii") + b"\0"
+_SOFTWARE_SPACE = len(_SOFTWARE_VALUE) + (len(_SOFTWARE_VALUE) & 1)
+_RESOLUTIONS = struct.pack("<4I", 1, 1, 1, 1)       # XResolution, YResolution: 1/1
+# header ("II", 42, offset of the IFD), entry count, entries, offset of the next IFD (none)
+_IFD = {count: struct.Struct("<2sHIH" + "HHII" * count + "I") for count in (14, 15)}
+
+
+def tiff_header(image: np.ndarray, text: str) -> Optional[bytes]:
+    """Everything of our TIFF file of ``image`` before its pixels, which follow
+    at once; None for an image this layout does not cover (it is written by
+    tifffile then). ``image`` is 2-D, little-endian and C-contiguous."""
+    dtype = image.dtype
+    kind = dtype.kind
+    if (image.ndim != 2 or kind not in _ITEM_SIZES or dtype.itemsize not in _ITEM_SIZES[kind]
+            or image.size == 0 or image.nbytes >= _LARGEST):
+        return None
+    try:
+        desc = text.encode("ascii") + b"\0"
+    except UnicodeEncodeError:
+        return None
+    height, width = image.shape
+    sample_format = _SAMPLE_FORMAT[kind]
+    count = 14 if sample_format == 1 else 15
+    at = 8 + 2 + 12 * count + 4                        # the values after the IFD
+    if len(desc) <= 4:                                 # fits in its entry
+        desc_value = int.from_bytes(desc.ljust(4, b"\0"), "little")
+        desc_space = b""
+    else:
+        desc_value = at
+        desc_space = desc + b"\0" * (len(desc) & 1)
+        at += len(desc_space)
+    xres, yres, software = at, at + 8, at + 16
+    end = software + _SOFTWARE_SPACE
+    pixels = (end + 15) & ~15
+    fields = [b"II", 42, 8, count,
+              256, _LONG, 1, width,
+              257, _LONG, 1, height,
+              258, _SHORT, 1, 8 * dtype.itemsize,
+              259, _SHORT, 1, 1,                       # no compression
+              262, _SHORT, 1, 1,                       # minisblack
+              270, _ASCII, len(desc), desc_value,
+              273, _LONG, 1, pixels,
+              277, _SHORT, 1, 1,
+              278, _LONG, 1, height,                   # one strip
+              279, _LONG, 1, image.nbytes,
+              282, _RATIONAL, 1, xres,
+              283, _RATIONAL, 1, yres,
+              296, _SHORT, 1, 1,                       # no resolution unit
+              305, _ASCII, len(_SOFTWARE_VALUE), software]
+    if sample_format != 1:
+        fields += [339, _SHORT, 1, sample_format]
+    fields.append(0)                                   # no next IFD
+    # a SHORT value sits in the first 2 bytes of its little-endian 4-byte field
+    padding = pixels - software - len(_SOFTWARE_VALUE)
+    return b"".join((_IFD[count].pack(*fields), desc_space, _RESOLUTIONS, _SOFTWARE_VALUE,
+                     b"\0" * padding))
+
+
 def save_tiff(path: str, array: np.ndarray, metadata: Optional[Mapping[str, Any]] = None,
               *, overwrite: bool = True) -> str:
     """Write ``array`` to ``path`` (``.tif`` added when missing); returns the name used.
 
     With ``overwrite`` false an existing file is kept and the image goes to the
-    next free ``-img###`` name. Disk errors become a DataError saying what to do.
+    next free ``-img###`` name. A missing directory is made. Disk errors
+    become a DataError saying what to do.
     """
     path = with_suffix(path)
     image = np.asarray(array)
     if image.dtype.byteorder == ">":
         image = image.astype(image.dtype.newbyteorder("<"))
     text = description(metadata or {})
+    # The directory is not checked first (that costs system calls per image):
+    # when it is missing (not made yet, or removed since), creating the file
+    # fails, and it is made then.
+    try:
+        return _save(path, image, text, overwrite)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise paths.disk_error(exc, path, "saving the image") from None
     directory = os.path.dirname(path) or "."
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as exc:
         raise paths.disk_error(exc, directory, "creating the directory") from None
     try:
-        if overwrite:
-            _write(path, image, text)
-            return path
-        with _name_lock:
-            final = paths.unique_path(path)
-            _write(final, image, text)
-            return final
+        return _save(path, image, text, overwrite)
     except OSError as exc:
         raise paths.disk_error(exc, path, "saving the image") from None
 
 
+def _save(path: str, image: np.ndarray, text: str, overwrite: bool) -> str:
+    if overwrite:
+        _write(path, image, text)
+        return path
+    with _name_lock:
+        final = paths.unique_path(path)
+        _write(final, image, text)
+        return final
+
+
 def _write(path: str, image: np.ndarray, text: str) -> None:
+    if image.ndim == 2 and not image.flags.c_contiguous:
+        image = np.ascontiguousarray(image)
+    header = tiff_header(image, text)
     with paths.atomic_file(path) as handle:
+        if header is not None:
+            # nothing is buffered in ``handle``: header and pixels go straight to its file
+            write_all(handle.fileno(), (header, image))
+            return
         # os.fdopen handles are named by their descriptor; tifffile wants a name
         target = tifffile.FileHandle(handle, mode="wb", name=os.path.basename(path))
         tifffile.imwrite(target, image, description=text, metadata=None,
-                         photometric="minisblack", software="eiger_server")
+                         photometric="minisblack", software=SOFTWARE)
+
+
+def write_all(fd: int, buffers: Sequence[Any]) -> None:
+    """Write the bytes of ``buffers`` (C-contiguous) to ``fd``, with as few system
+    calls as the kernel allows; a short write is continued, errors raise OSError."""
+    views: List[memoryview] = [memoryview(b).cast("B") for b in buffers]
+    views = [v for v in views if v.nbytes]
+    while views:
+        written = os.writev(fd, views)
+        if written <= 0:
+            raise OSError(errno.EIO, "no bytes written")
+        while views and written >= views[0].nbytes:
+            written -= views[0].nbytes
+            del views[0]
+        if written:
+            views[0] = views[0][written:]
 
 
 def tiff_name(directory: str, prefix: str, series: Optional[int] = None,
