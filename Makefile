@@ -27,6 +27,8 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@# compile the stream kernels once (numba caches them): no first count waits for it
+	$(PY) -c "from eiger_server.stream.kernels import warm_up; warm_up()"
 	touch $@
 
 lint: venv

@@ -15,11 +15,18 @@ BENCHMARKS.md (section "Pipeline efficiency").
   process (all threads) and of its worker processes, over the frames counted.
 * The bare loop, single thread, in this process, in the same run, over the
   same 16 frames: decode + ``np.add`` into a uint32/uint64 accumulator
-  (accum), decode + ``tifffile.imwrite`` to the same directory (tiff),
-  ``write_direct_chunk`` of the compressed frame (hdf5raw), decode (sum),
-  and for roi the full decode (the partial decode's own CPU is in ``note``).
-* efficiency = bare CPU/frame / server CPU/frame; scaling = frames/s with N
-  threads or worker processes / (N x bare frames/s).
+  (accum), decode + ``tifffile.imwrite`` of a new file in the same kind of
+  directory (tiff; a file of the same name is removed first, as the server's
+  rename replaces it), ``write_direct_chunk`` of the compressed frame
+  (hdf5raw), decode (sum), and for roi the full decode (the ROI-only
+  stage's own CPU, roi_stage.partial_image, is in ``note``).
+* The bare receive: a bare ZeroMQ PULL loop in a process of its own, over
+  the same source and frames (zero-copy, no parsing): what any receiver on
+  this machine pays before it can look at a frame. The server pays it too;
+  the bare loops above do not.
+* efficiency = bare CPU/frame / server CPU/frame (the issue's measure);
+  efficiency incl. receive = (bare + bare receive) / server CPU/frame;
+  scaling = frames/s with N threads or worker processes / (N x bare frames/s).
 * ``half``: accumulation at half the measured accumulation rate (frames the
   source cannot send in time are dropped by it and counted): dropped, the
   result compared with the sum of the frames sent, and how long after the
@@ -46,6 +53,7 @@ from eiger_server.fakedcu.device.definitions import MODELS  # noqa: E402
 
 MODES = ("accum", "tiff", "hdf5raw", "sum", "roi")
 BARE_PAIRS: List[Any] = []      # (model, bits, 1-thread, 2-thread CPU per frame)
+RECEIVE: List[Any] = []         # (model, bits, bare PULL loop's CPU per frame)
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -90,6 +98,7 @@ def _server_main(conn: Any, port: int, version: str, bits: int, threads: int, pr
     from eiger_server.options import ServerOptions
     from eiger_server.control.settings import Settings
     from eiger_server.errors import DetectorError
+    from eiger_server.stream import kernels
     from eiger_server.stream.handler import StreamHandler
 
     def status(*_: Any) -> Any:
@@ -104,6 +113,7 @@ def _server_main(conn: Any, port: int, version: str, bits: int, threads: int, pr
     handler = StreamHandler(detector, SimpleNamespace(host="127.0.0.1", get=status), settings,
                             options, acq_mode=lambda: mode["acq"])
     handler.prepare_series()
+    kernels.warm_up()           # what the server's background warm-up does, done before timing
     conn.send("up")
     try:
         while True:
@@ -116,7 +126,7 @@ def _server_main(conn: Any, port: int, version: str, bits: int, threads: int, pr
             handler.set_overwrite_images("1")
             for n, bounds in enumerate(rois):
                 handler.set_roi(f"r{n}", *bounds)
-            pids = handler._pool.pids if handler._pool is not None else []
+            pids = handler.worker_pids()
             cpu0 = time.process_time() + sum(_proc_cpu(p) for p in pids)
             dropped0, unsaved0 = handler.get_dropped(), handler.unsaved
             handler.begin_count(nframes, accumulate=what == "accum")
@@ -217,7 +227,13 @@ def bare_cpu(what: str, frames: List[np.ndarray], outdir: str, seconds: float) -
         if what == "accum":
             np.add(acc, image, out=acc, casting="unsafe")
         elif what == "tiff":
-            tifffile.imwrite(os.path.join(outdir, "bare.tif"), image)
+            # a new file each frame, as a saved series is (the server's temporary
+            # file renamed over the previous one frees that one's pages too);
+            # overwriting one file in place would reuse its pages, which no saver does
+            path = os.path.join(outdir, f"bare_{n % 16}.tif")
+            if os.path.exists(path):
+                os.unlink(path)
+            tifffile.imwrite(path, image)
     for n in range(4):
         one(n)
     n, c0, t0 = 0, time.process_time(), time.perf_counter()
@@ -259,16 +275,66 @@ def bare_pair_cpu(frames: List[np.ndarray], seconds: float) -> float:
     return (time.process_time() - c0) / max(1, sum(counts))
 
 
+def _receive_main(conn: Any, endpoint: str, rcvhwm: int) -> None:
+    """Child process: a bare ZeroMQ PULL loop (zero-copy frames, no parsing)."""
+    import zmq
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.RCVHWM, rcvhwm)
+    sock.connect(endpoint)
+    conn.send("up")
+    messages = nbytes = 0
+    cpu0 = None
+    while sock.poll(3000 if cpu0 is None else 1000):
+        parts = sock.recv_multipart(copy=False)
+        if cpu0 is None:
+            cpu0 = time.process_time()
+        messages += 1
+        nbytes += sum(len(part.buffer) for part in parts)
+    cpu = time.process_time() - (cpu0 or time.process_time())
+    conn.send({"messages": messages, "bytes": nbytes, "cpu": cpu})
+    sock.close(0)
+    ctx.term()
+
+
+def bare_receive_cpu(source: Any, nframes: int, depth: int) -> float:
+    """CPU seconds per frame of a bare PULL loop over the same source, in a
+    process of its own (the source's PUSH must have no other peer)."""
+    ctx = mp.get_context("spawn")
+    conn, child = ctx.Pipe()
+    proc = ctx.Process(target=_receive_main, args=(child, source.endpoint, depth), daemon=True)
+    proc.start()
+    try:
+        if not conn.poll(60) or conn.recv() != "up":
+            raise RuntimeError("the bare receiver did not start")
+        time.sleep(0.5)                     # connected before the series starts
+        source.run(nframes, None, True)
+        sent = int(source.result()["sent"])
+        if not conn.poll(120):
+            raise RuntimeError("the bare receiver did not finish")
+        out = conn.recv()
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.terminate()
+    return float(out["cpu"]) / max(1, sent)
+
+
 def roi_decode_cpu(frames: List[np.ndarray], rois: List[Any], seconds: float) -> float:
-    """CPU per frame of decoding only the ROI rows (decode_rows), single thread."""
+    """CPU per frame of the ROI-only stage (roi_stage.partial_image: only the
+    blocks of the ROI rows decoded, the ROI sums taken), single thread."""
     from eiger_server.formats.compression import compress, v1_encoding
-    from eiger_server.formats.decode import Encoded, decode_rows
-    encs = [Encoded(compress(f, "bslz4"), v1_encoding("bslz4", f.dtype), f.shape, f.dtype)
-            for f in frames]
+    from eiger_server.formats.decode import Encoded
+    from eiger_server.formats.stream_events import ImageMessage
+    from eiger_server.stream import roi_stage
+    events = [ImageMessage(1, n, {"threshold_1": Encoded(compress(f, "bslz4"),
+                                                         v1_encoding("bslz4", f.dtype),
+                                                         f.shape, f.dtype)})
+              for n, f in enumerate(frames)]
+    roi_stage.partial_image(events[0], rois, {})
     n, c0, t0 = 0, time.process_time(), time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        for r0, r1, _, _ in rois:
-            decode_rows(encs[n % 16], r0, r1)
+        roi_stage.partial_image(events[n % 16], rois, {})
         n += 1
     return (time.process_time() - c0) / n
 
@@ -294,6 +360,9 @@ def run(models: List[str], bits_list: List[int], quick: bool, depth: int, scratc
             bare["roi"] = bare["sum"]
             roi_cpu = roi_decode_cpu(frames, rois, bare_t)
             pair = bare_pair_cpu(frames, bare_t)
+            recv = bare_receive_cpu(source, nframes, depth)
+            print(f"bare receive {model} {bits}-bit: {recv * 1e3:.3f} ms/frame", flush=True)
+            RECEIVE.append((model, bits, recv))
             print(f"bare accumulation {model} {bits}-bit: 1 thread {bare['accum'] * 1e3:.2f} "
                   f"ms/frame, 2 threads at once {pair * 1e3:.2f} ms/frame each", flush=True)
             BARE_PAIRS.append((model, bits, bare["accum"], pair))
@@ -322,7 +391,7 @@ def run(models: List[str], bits_list: List[int], quick: bool, depth: int, scratc
                             label = f"{n} {kind}" + (f", {1 / paced:.0f} Hz" if paced else "")
                             rows.append(_row(model, bits, what, label, nframes, out,
                                              bare[what], n, roi_cpu if what == "roi" else None,
-                                             frames))
+                                             frames, recv))
                             print(fmt(rows[-1]), flush=True)
                         if (kind, n) == ("threads", 2):
                             fps = rows[-len(modes)]["fps"]
@@ -331,7 +400,7 @@ def run(models: List[str], bits_list: List[int], quick: bool, depth: int, scratc
                             out = server.count(source, "accum", nhalf, rois, 1.0 / half)
                             row = _row(model, bits, "accum", f"{n} {kind}, half "
                                        f"{half:.0f} Hz", nhalf, out, bare["accum"], n, None,
-                                       frames)
+                                       frames, recv)
                             rows.append(row)
                             print(fmt(row), flush=True)
                     finally:
@@ -343,8 +412,8 @@ def run(models: List[str], bits_list: List[int], quick: bool, depth: int, scratc
 
 
 def _row(model: str, bits: int, what: str, config: str, nframes: int, out: Dict[str, Any],
-         bare: float, n: int, roi_cpu: Optional[float], frames: List[np.ndarray]
-         ) -> Dict[str, Any]:
+         bare: float, n: int, roi_cpu: Optional[float], frames: List[np.ndarray],
+         recv: float) -> Dict[str, Any]:
     # saving modes: CPU per frame saved (frames refused by a full save queue
     # are counted in dropped and cost their receiving, not their writing)
     counted = max(1, int(out["collected"]) - int(out.get("unsaved", 0)))
@@ -373,20 +442,23 @@ def _row(model: str, bits: int, what: str, config: str, nframes: int, out: Dict[
     fps = counted / max(1e-9, out["done"] - out["t0"])
     return {"model": model, "bits": bits, "mode": what, "config": config, "frames": nframes,
             "fps": fps, "cpu_ms": cpu * 1e3, "bare_ms": bare * 1e3, "eff": bare / cpu,
+            "recv_ms": recv * 1e3, "eff_rx": (bare + recv) / cpu,
             "dropped": int(out["dropped"]) + int(src["dropped"]),
             "scaling": fps / (n / bare) if what != "roi" else float("nan"),
             "ok": out["ok"], "note": "; ".join(x for x in note if x)}
 
 
 HEAD = ("| model | bits | mode | config | frames | frames/s | CPU ms/frame | bare ms/frame | "
-        "efficiency | dropped | scaling | note |")
-SEP = "|" + "---|" * 12
+        "efficiency | bare receive ms/frame | efficiency incl. receive | dropped | scaling | "
+        "note |")
+SEP = "|" + "---|" * 14
 
 
 def fmt(r: Dict[str, Any]) -> str:
     return (f"| {r['model']} | {r['bits']} | {r['mode']} | {r['config']} | {r['frames']} | "
             f"{r['fps']:.0f} | {r['cpu_ms']:.2f} | {r['bare_ms']:.2f} | {r['eff']:.2f} | "
-            f"{r['dropped']} | {r['scaling']:.2f} | {r['note']}{'' if r['ok'] else ' TIMEOUT'} |")
+            f"{r['recv_ms']:.2f} | {r['eff_rx']:.2f} | {r['dropped']} | {r['scaling']:.2f} | "
+            f"{r['note']}{'' if r['ok'] else ' TIMEOUT'} |")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -32,7 +32,8 @@ from eiger_server.formats.cbor import DECTRIS_COMPRESSION_TAG
 from eiger_server.formats.compression import (HEADER, V1_ENCODINGS, Buffer, DecodeError,
                                               bslz4_block_range, decompress, v1_method)
 
-__all__ = ["Compressed", "DecodeError", "Encoded", "decode", "decode_rows", "decode_v2"]
+__all__ = ["Compressed", "DecodeError", "Encoded", "bslz4_spec", "decode", "decode_rows",
+           "decode_v2"]
 
 Shape = Tuple[int, int]
 
@@ -152,8 +153,8 @@ def decode_v2(data: Buffer, algorithm: str, elem_size: int, shape: Shape, dtype:
                       f"{DECTRIS_COMPRESSION_TAG}; known: bslz4, lz4")
 
 
-def _bslz4_spec(encoded: Encoded) -> Optional[Tuple[np.dtype, int]]:
-    """(dtype, elem_size) when ``encoded`` is bitshuffle/LZ4, else None."""
+def bslz4_spec(encoded: Encoded) -> Optional[Tuple[np.dtype, int]]:
+    """(little-endian dtype, elem_size) when ``encoded`` is bitshuffle/LZ4, else None."""
     if encoded.v2:
         if encoded.encoding != "bslz4":
             return None
@@ -180,7 +181,7 @@ def decode_rows(encoded: Encoded, row_begin: int, row_end: int,
     if row_begin > row_end:
         raise DecodeError(f"{_prefix(what)}rows {row_begin}..{row_end} are not inside the "
                           f"image (rows 0..{height - 1})")
-    spec = _bslz4_spec(encoded)
+    spec = bslz4_spec(encoded)
     if spec is None or (row_begin == 0 and row_end == height - 1):
         return encoded.decode(what)[row_begin:row_end + 1]
     dt, elem_size = spec

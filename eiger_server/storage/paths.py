@@ -103,10 +103,15 @@ def fsync_dir(path: str) -> None:
 
 
 @contextmanager
-def atomic_file(path: str, mode: str = "wb") -> Iterator[IO]:
+def atomic_file(path: str, mode: str = "wb", *, durable: bool = True) -> Iterator[IO]:
     """Write to a hidden temporary file beside ``path``; rename it into place
     only when the block ends without error, so a reader (or a crash) never sees
-    a partial file under the final name."""
+    a partial file under the final name.
+
+    ``durable`` also flushes the file and the rename to the disk (fsync), so
+    they survive a power cut; images streamed at the detector's rate leave
+    that to the kernel (two fsyncs per image would bound the rate by the
+    disk's latency, not its bandwidth)."""
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".part",
                                dir=directory)
@@ -114,7 +119,8 @@ def atomic_file(path: str, mode: str = "wb") -> Iterator[IO]:
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -122,7 +128,8 @@ def atomic_file(path: str, mode: str = "wb") -> Iterator[IO]:
         except OSError:
             pass
         raise
-    fsync_dir(directory)
+    if durable:
+        fsync_dir(directory)
 
 
 def temp_name(path: str) -> str:

@@ -183,12 +183,13 @@ def tiff_header(image: np.ndarray, text: str) -> Optional[bytes]:
 
 
 def save_tiff(path: str, array: np.ndarray, metadata: Optional[Mapping[str, Any]] = None,
-              *, overwrite: bool = True) -> str:
+              *, overwrite: bool = True, durable: bool = True) -> str:
     """Write ``array`` to ``path`` (``.tif`` added when missing); returns the name used.
 
     With ``overwrite`` false an existing file is kept and the image goes to the
     next free ``-img###`` name. A missing directory is made. Disk errors
-    become a DataError saying what to do.
+    become a DataError saying what to do. ``durable`` false: the file is not
+    flushed to the disk before it is renamed into place (paths.atomic_file).
     """
     path = with_suffix(path)
     image = np.asarray(array)
@@ -199,7 +200,7 @@ def save_tiff(path: str, array: np.ndarray, metadata: Optional[Mapping[str, Any]
     # when it is missing (not made yet, or removed since), creating the file
     # fails, and it is made then.
     try:
-        return _save(path, image, text, overwrite)
+        return _save(path, image, text, overwrite, durable)
     except OSError as exc:
         if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
             raise paths.disk_error(exc, path, "saving the image") from None
@@ -209,26 +210,26 @@ def save_tiff(path: str, array: np.ndarray, metadata: Optional[Mapping[str, Any]
     except OSError as exc:
         raise paths.disk_error(exc, directory, "creating the directory") from None
     try:
-        return _save(path, image, text, overwrite)
+        return _save(path, image, text, overwrite, durable)
     except OSError as exc:
         raise paths.disk_error(exc, path, "saving the image") from None
 
 
-def _save(path: str, image: np.ndarray, text: str, overwrite: bool) -> str:
+def _save(path: str, image: np.ndarray, text: str, overwrite: bool, durable: bool) -> str:
     if overwrite:
-        _write(path, image, text)
+        _write(path, image, text, durable)
         return path
     with _name_lock:
         final = paths.unique_path(path)
-        _write(final, image, text)
+        _write(final, image, text, durable)
         return final
 
 
-def _write(path: str, image: np.ndarray, text: str) -> None:
+def _write(path: str, image: np.ndarray, text: str, durable: bool = True) -> None:
     if image.ndim == 2 and not image.flags.c_contiguous:
         image = np.ascontiguousarray(image)
     header = tiff_header(image, text)
-    with paths.atomic_file(path) as handle:
+    with paths.atomic_file(path, durable=durable) as handle:
         if header is not None:
             # nothing is buffered in ``handle``: header and pixels go straight to its file
             write_all(handle.fileno(), (header, image))

@@ -45,7 +45,7 @@ from eiger_server.simplon.rest import SimplonClient
 from eiger_server.storage import paths
 from eiger_server.storage.hdf5raw import DEFAULT_IMAGES_PER_FILE, Hdf5RawWriter
 from eiger_server.storage.tiff import TiffSaver, channel_path, save_tiff, with_suffix
-from eiger_server.stream import imageproc, roi_stage
+from eiger_server.stream import imageproc, kernels, roi_stage
 from eiger_server.stream.count import NOT_COUNTED, CountBook
 from eiger_server.stream.counters import Counters
 from eiger_server.stream.decode_stage import DecodeStage, FrameJob
@@ -600,6 +600,7 @@ class StreamHandler:
         if self._decode.started:
             return
         self._closing.clear()
+        kernels.warm_up_in_background()      # loads the compiled kernels before the first count
         self._decode.start()
         self._save.start()
         if int(self.options.workers) > 0 and self._bridge is None:

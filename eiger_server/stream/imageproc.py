@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from eiger_server.errors import DataError
-from eiger_server.formats.decode import Encoded
-from eiger_server.stream import kernels
+from eiger_server.formats.decode import Encoded, bslz4_spec
+from eiger_server.stream import bslz4_kernels, kernels
 
 ROTATIONS = (0, 90, 180, 270)
 
@@ -181,6 +181,38 @@ def roi_sum(image: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> int | floa
     return masked_sum(image[rows, cols])
 
 
+def _fusable(encoded: Encoded) -> bool:
+    """True when the fused kernels take ``encoded`` as it is."""
+    if not bslz4_kernels.BSLZ4_AVAILABLE:
+        return False
+    spec = bslz4_spec(encoded)
+    if spec is None:
+        return False
+    dtype, elem_size = spec
+    return dtype.kind == "u" and dtype.itemsize in (1, 2, 4) and elem_size == dtype.itemsize
+
+
+def accumulate_encoded(total: np.ndarray, masked: np.ndarray, encoded: Encoded,
+                       what: str = "") -> int:
+    """``total += image``, ``masked |= image == type max`` for an image as it
+    arrived; the fused kernel for bitshuffle/LZ4 (a header-less blob falls
+    back to the ordinary decode). Returns the image's masked pixels."""
+    spec = bslz4_spec(encoded) if _fusable(encoded) else None
+    if spec is not None:
+        try:
+            return bslz4_kernels.bslz4_accumulate(total, masked, encoded.data, spec[0], what=what)
+        except bslz4_kernels.UnsupportedBlob:
+            pass                          # the ordinary decode reads it or says why not
+    image = encoded.decode(what)
+    if image.shape != total.shape:
+        raise DataError(f"accumulation: {what or 'an image'} is {image.shape}, the sum "
+                        f"{total.shape}; the detector geometry changed")
+    if _kernel_ok(image):
+        return kernels.accumulate(total, masked, image)
+    np.add(total, image, out=total, casting="unsafe")
+    return 0
+
+
 class _Slot:
     """One partial sum of an Accumulator, used by one thread at a time."""
 
@@ -219,44 +251,89 @@ class Accumulator:
         self._slots.append(slot)
         return slot
 
-    def add(self, channels: Dict[str, np.ndarray], frame: int = 0) -> bool:
-        """Add one image; True when this was the last one needed."""
+    def _reserve(self, shapes: Mapping[str, tuple], frame: int) -> Optional[Tuple[_Slot, bool]]:
+        """Count one image and claim a slot for it (None: the sum is full);
+        ``(slot, this was the last image needed)``."""
         with self._lock:
             if self.added >= self.nimages:
-                return False
-            for name, image in channels.items():
-                shape = self._shapes.setdefault(name, image.shape)
-                if shape != image.shape:
-                    raise DataError(f"accumulation: image {frame} is {image.shape[1]}x"
-                                    f"{image.shape[0]}, the first was {shape[1]}x"
+                return None
+            for name, image_shape in shapes.items():
+                shape = self._shapes.setdefault(name, image_shape)
+                if shape != image_shape:
+                    raise DataError(f"accumulation: image {frame} is {image_shape[1]}x"
+                                    f"{image_shape[0]}, the first was {shape[1]}x"
                                     f"{shape[0]}; the detector geometry changed")
             self.added += 1
-            self.first_frame = frame if self.first_frame is None else min(self.first_frame, frame)
-            self.last_frame = frame if self.last_frame is None else max(self.last_frame, frame)
-            finished = self.added >= self.nimages
-            slot = self._claim()
+            return self._claim(), self.added >= self.nimages
+
+    def _settle(self, slot: _Slot, frame: int, ok: bool) -> None:
+        """The image reserved is in (``ok``), or could not be added: uncount it."""
+        with self._lock:
+            if ok:
+                self.first_frame = frame if self.first_frame is None else \
+                    min(self.first_frame, frame)
+                self.last_frame = frame if self.last_frame is None else \
+                    max(self.last_frame, frame)
+            else:
+                self.added -= 1
+        slot.lock.release()
+
+    @staticmethod
+    def _slot_arrays(slot: _Slot, name: str, shape: tuple,
+                     dtype: np.dtype) -> Tuple[np.ndarray, np.ndarray]:
+        total = slot.sums.get(name)
+        if total is None:
+            total = slot.sums[name] = np.zeros(shape, accumulated_dtype(dtype))
+            slot.masks[name] = np.zeros(shape, dtype=bool)
+        return total, slot.masks[name]
+
+    def add(self, channels: Mapping[str, np.ndarray], frame: int = 0) -> bool:
+        """Add one image; True when this was the last one needed."""
+        reserved = self._reserve({name: image.shape for name, image in channels.items()}, frame)
+        if reserved is None:
+            return False
+        slot, finished = reserved
+        ok = False
         try:
             for name, image in channels.items():
-                total = slot.sums.get(name)
-                if total is None:
-                    total = slot.sums[name] = np.zeros(image.shape,
-                                                       accumulated_dtype(image.dtype))
-                    slot.masks[name] = np.zeros(image.shape, dtype=bool)
+                total, masked = self._slot_arrays(slot, name, image.shape, image.dtype)
                 if _kernel_ok(image):
-                    kernels.accumulate(total, slot.masks[name], image)
+                    kernels.accumulate(total, masked, image)
                 else:
                     np.add(total, image, out=total, casting="unsafe")
+            ok = True
         finally:
-            slot.lock.release()
+            self._settle(slot, frame, ok)
         return finished
 
     def add_encoded(self, channels: Mapping[str, Encoded], frame: int = 0,
                     what: str = "") -> bool:
-        """Decode and add one image (``what`` names it in a DecodeError);
-        True when this was the last one needed."""
-        arrays = {name: encoded.decode(f"{what}, channel {name}" if what else "")
-                  for name, encoded in channels.items()}
-        return self.add(arrays, frame)
+        """Add one image as it arrived (``what`` names it in a DecodeError);
+        True when this was the last one needed.
+
+        Bitshuffle/LZ4 channels are decoded block by block straight into the
+        sum (bslz4_kernels.bslz4_accumulate: the decoded frame never goes through
+        memory); others are decoded first. An image that cannot be decoded
+        raises DecodeError and is not counted."""
+        names = {name: f"{what}, channel {name}" if what else "" for name in channels}
+        if not all(_fusable(encoded) for encoded in channels.values()):
+            return self.add({name: encoded.decode(names[name])
+                             for name, encoded in channels.items()}, frame)
+        reserved = self._reserve({name: tuple(encoded.shape)
+                                  for name, encoded in channels.items()}, frame)
+        if reserved is None:
+            return False
+        slot, finished = reserved
+        ok = False
+        try:
+            for name, encoded in channels.items():
+                total, masked = self._slot_arrays(slot, name, tuple(encoded.shape),
+                                                  np.dtype(encoded.dtype))
+                accumulate_encoded(total, masked, encoded, names[name])
+            ok = True
+        finally:
+            self._settle(slot, frame, ok)
+        return finished
 
     def add_partial(self, sums: Dict[str, np.ndarray], masks: Dict[str, np.ndarray],
                     frames: List[int]) -> bool:

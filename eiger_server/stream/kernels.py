@@ -1,22 +1,32 @@
-"""One-pass numeric kernels of the stream path (numba, GIL-free).
+"""One-pass numeric kernels over decoded frames (numba, GIL-free).
 
 Each kernel reads a decoded frame once: sum, maximum and masked-pixel count
 together; ROI sums of several ROIs; accumulation that adds a frame into a
 reused total and records its masked pixels in the same pass. Masked pixels
 hold the type's maximum (``mask_at``) and are left out of sums and maxima.
+Frames still compressed (bitshuffle/LZ4) have kernels of their own that never
+write the decoded frame to memory: :mod:`eiger_server.stream.bslz4_kernels`.
 
 The kernels release the GIL (``nogil``), so the decode threads run them in
 parallel, and are compiled once per pixel type and cached on disk
-(``cache``), so a restart does not compile again.
+(``cache``), so a restart does not compile again (:func:`warm_up` compiles
+them ahead: ``make venv`` runs it once, the server at start in the background).
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+import logging
+import threading
+from typing import Optional, Sequence, Tuple
 
 import numba
 import numpy as np
 
-__all__ = ["accumulate", "finish_accumulation", "roi_sums", "stats"]
+__all__ = ["accumulate", "finish_accumulation", "roi_sums", "stats", "warm_up",
+           "warm_up_in_background"]
+
+log = logging.getLogger(__name__)
+_warm_lock = threading.Lock()
+_warm_thread: Optional[threading.Thread] = None
 
 _jit = numba.njit(nogil=True, cache=True)
 
@@ -122,3 +132,37 @@ def finish_accumulation(total: np.ndarray, masked: np.ndarray) -> np.ndarray:
     """Masked pixels of ``total`` set to its type's maximum (in place)."""
     _finish(total, masked, total.dtype.type(_mask_at(total.dtype)))
     return total
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) every kernel for every pixel type
+    the stream path uses, so that no count waits for the compiler."""
+    from eiger_server.stream import bslz4_kernels
+    for frame_type, total_type in ((np.uint8, np.uint32), (np.uint16, np.uint32),
+                                   (np.uint32, np.uint64)):
+        image = np.zeros((2, 8), frame_type)
+        total = np.zeros(image.shape, total_type)
+        masked = np.zeros(image.shape, bool)
+        for array in (image, total):
+            stats(array)
+            roi_sums(array, [(slice(0, 1), slice(0, 1))])
+        accumulate(total, masked, image)
+        finish_accumulation(total, masked)
+        bslz4_kernels.warm_up(image)
+
+
+def _warm_up_logged() -> None:
+    try:
+        warm_up()
+    except Exception:                 # the kernels then compile at first use
+        log.exception("compiling the stream kernels ahead failed")
+
+
+def warm_up_in_background() -> None:
+    """:func:`warm_up` on a thread of its own, once per process."""
+    global _warm_thread
+    with _warm_lock:
+        if _warm_thread is None:
+            _warm_thread = threading.Thread(target=_warm_up_logged, name="kernel-warm-up",
+                                            daemon=True)
+            _warm_thread.start()

@@ -22,9 +22,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from eiger_server.errors import DataError
-from eiger_server.formats.decode import decode_rows
+from eiger_server.formats.decode import Encoded, bslz4_spec, decode_rows
 from eiger_server.formats.stream_events import ImageMessage
-from eiger_server.stream import imageproc
+from eiger_server.stream import bslz4_kernels, imageproc
 from eiger_server.stream.imageproc import ImageResult
 
 Bounds = Tuple[int, int, int, int]
@@ -69,7 +69,7 @@ def partial_image(event: ImageMessage, rois: List[Bounds], meta: Dict[str, Any],
             rows, cols = imageproc.roi_bounds(encoded.shape, *bounds)
         except DataError:
             continue
-        part = decode_rows(encoded, rows.start, rows.stop - 1, what)
+        part = _rows(encoded, rows.start, rows.stop - 1, what)
         values[bounds] = imageproc.masked_sum(imageproc.apply_filters(part[:, cols], low, high))
     empty = np.empty((0, 0), dtype=encoded.dtype)
     image = PartialImage(data=empty, raw=empty, channels={}, series=event.series,
@@ -78,6 +78,23 @@ def partial_image(event: ImageMessage, rois: List[Bounds], meta: Dict[str, Any],
     image.roi_values = values
     image.filters = (low, high)
     return image
+
+
+def _rows(encoded: Encoded, row_begin: int, row_end: int, what: str) -> np.ndarray:
+    """Rows ``row_begin..row_end`` (inclusive, inside the image): for
+    bitshuffle/LZ4 only their blocks are decompressed, the block list walked
+    by the kernel (bslz4_kernels.bslz4_decode_range), else decode_rows."""
+    spec = bslz4_spec(encoded) if bslz4_kernels.BSLZ4_AVAILABLE else None
+    if spec is not None and spec[0].kind == "u" and spec[1] == spec[0].itemsize:
+        height, width = (int(n) for n in encoded.shape)
+        try:
+            values = bslz4_kernels.bslz4_decode_range(encoded.data, spec[0], row_begin * width,
+                                                (row_end + 1) * width,
+                                                nelems=height * width, what=what)
+            return values.reshape(row_end - row_begin + 1, width)
+        except bslz4_kernels.UnsupportedBlob:
+            pass                          # decode_rows reads it or says why not
+    return decode_rows(encoded, row_begin, row_end, what)
 
 
 def known_sum(image: Optional[ImageResult], bounds: Any, rotation: int, flipv: bool,

@@ -51,6 +51,8 @@ class SaveStage:
         self._observer = observer
         self._saver: Optional[TiffSaver] = None
         self._raw_writer = Hdf5RawWriter()      # the saver thread's alone
+        self._raw_key: Optional[tuple] = None   # (directory, prefix, series) of _raw_base
+        self._raw_base = ""
         self.latest_file = ""
 
     # -- life ----------------------------------------------------------------------
@@ -147,7 +149,8 @@ class SaveStage:
                 path = tiff_name(directory, prefix, result.series, index,
                                  channel if multi else None)
                 meta = dict(result.metadata, channel=channel)
-                written.append(save_tiff(path, array, meta, overwrite=overwrite))
+                # streamed images: renamed into place complete, but not fsync'ed each
+                written.append(save_tiff(path, array, meta, overwrite=overwrite, durable=False))
         except Exception:
             self._loss.add("unsaved")       # lost for good (disk full, ...): counts as dropped
             raise
@@ -164,7 +167,11 @@ class SaveStage:
         writer = self._raw_writer
         base = ""
         try:
-            base = tiff_name(directory, prefix, event.series)[:-len(".tif")]
+            key = (directory, prefix, event.series)
+            if self._raw_key != key:       # the name is checked once a series, not per frame
+                self._raw_base = tiff_name(directory, prefix, event.series)[:-len(".tif")]
+                self._raw_key = key
+            base = self._raw_base
             if writer.series != event.series or writer.requested_base != base:
                 if writer.series is not None:
                     try:

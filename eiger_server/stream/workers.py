@@ -72,20 +72,25 @@ class _Series:
         self.masks: Dict[str, np.ndarray] = {}
         self.stats: Dict[int, List[Any]] = {}
 
-    def add(self, frame: int, channels: Dict[str, np.ndarray]) -> None:
+    def add(self, frame: int, channels: Dict[str, Encoded], what: str) -> None:
+        """Add (accum) or measure (stats) one image as it arrived."""
         if self.mode == "accum":
-            for name, image in channels.items():
+            for name, encoded in channels.items():
+                shape = tuple(int(n) for n in encoded.shape)
                 total = self.sums.get(name)
                 if total is None:
-                    total = self.sums[name] = np.zeros(image.shape,
-                                                       imageproc.accumulated_dtype(image.dtype))
-                    self.masks[name] = np.zeros(image.shape, dtype=bool)
-                if total.shape != image.shape:
-                    raise DataError(f"accumulation: image {frame} is {image.shape}, the "
+                    total = self.sums[name] = np.zeros(
+                        shape, imageproc.accumulated_dtype(np.dtype(encoded.dtype)))
+                    self.masks[name] = np.zeros(shape, dtype=bool)
+                if total.shape != shape:
+                    raise DataError(f"accumulation: image {frame} is {shape}, the "
                                     f"first was {total.shape}; the detector geometry changed")
-                kernels.accumulate(total, self.masks[name], image)
+                # fused decode + add for bitshuffle/LZ4 (the frame never goes through memory)
+                imageproc.accumulate_encoded(total, self.masks[name], encoded,
+                                             f"{what}, channel {name}")
         else:
-            image = next(iter(channels.values()))
+            name, encoded = next(iter(channels.items()))
+            image = encoded.decode(f"{what}, channel {name}")
             total, top = imageproc.masked_stats(image)
             rois = [imageproc.roi_sum(image, *b) for b in self.rois]
             self.stats[frame] = [total, top, rois]
@@ -106,6 +111,7 @@ def run_worker(endpoint: str, *, name: str = "", poll_ms: int = 200,
     results.setsockopt(zmq.LINGER, 2000)
     work.connect(endpoint)
     results.connect(f"{host}:{int(port) + 1}")
+    kernels.warm_up()                          # compiled (or loaded) before any image
     work.send_multipart([b"", _pack({"kind": "hello", "pid": os.getpid()})])
     series: Dict[str, _Series] = {}
     cpu0 = time.process_time()
@@ -126,15 +132,12 @@ def run_worker(endpoint: str, *, name: str = "", poll_ms: int = 200,
                 if state is None:
                     continue
                 try:
-                    channels = {}
-                    for (cname, spec), part in zip(msg["channels"], parts[2:]):
-                        encoded = Encoded(part.buffer, spec["encoding"], tuple(spec["shape"]),
-                                          np.dtype(spec["dtype"]), int(spec["elem_size"]),
-                                          bool(spec["v2"]))
-                        channels[cname] = encoded.decode(
-                            f"frame {msg['frame']} of series {msg.get('series')}, "
-                            f"channel {cname}")
-                    state.add(int(msg["frame"]), channels)
+                    channels = {cname: Encoded(part.buffer, spec["encoding"],
+                                               tuple(spec["shape"]), np.dtype(spec["dtype"]),
+                                               int(spec["elem_size"]), bool(spec["v2"]))
+                                for (cname, spec), part in zip(msg["channels"], parts[2:])}
+                    state.add(int(msg["frame"]), channels,
+                              f"frame {msg['frame']} of series {msg.get('series')}")
                 except (DecodeError, DataError) as exc:
                     state.failed.append((int(msg["frame"]), str(exc)))
             elif kind == "flush":

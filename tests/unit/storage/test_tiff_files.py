@@ -241,3 +241,21 @@ def test_images_saved_at_once_into_a_missing_directory_are_all_saved(tmp_path):
         thread.join()
     assert errors == []
     assert sorted(os.listdir(directory)) == sorted(f"i{n}.tif" for n in range(8))
+
+
+def test_streamed_images_are_not_flushed_one_by_one_but_saves_are(tmp_path, monkeypatch) -> None:
+    """Autosaved stream images skip fsync (the disk's latency would bound the
+    rate); an explicit save and every other atomic file still flush."""
+    import os as os_module
+
+    from eiger_server.storage import paths
+    synced: list = []
+    real_fsync = os_module.fsync
+    monkeypatch.setattr(paths.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    image = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    streamed = save_tiff(str(tmp_path / "streamed.tif"), image, {"frame": 1}, durable=False)
+    assert synced == []
+    np.testing.assert_array_equal(tifffile.imread(streamed), image)
+    saved = save_tiff(str(tmp_path / "saved.tif"), image, {"frame": 1})
+    assert len(synced) == 2                 # the file, then the directory's rename
+    np.testing.assert_array_equal(tifffile.imread(saved), image)

@@ -97,3 +97,8 @@ def test_accumulator_from_several_threads_equals_the_numpy_sum() -> None:
 def test_signed_and_float_images_are_refused_by_kernels() -> None:
     with pytest.raises(TypeError):
         kernels.stats(np.zeros((2, 2), np.int16))
+
+
+# ------------------------------------------------------------- bslz4 kernels
+# The kernels that take the frame still compressed, against
+# dectris.compression.decompress + the kernels/numpy above.
