@@ -54,6 +54,7 @@ from eiger_server.fakedcu.device.definitions import MODELS  # noqa: E402
 MODES = ("accum", "tiff", "hdf5raw", "sum", "roi")
 BARE_PAIRS: List[Any] = []      # (model, bits, 1-thread, 2-thread CPU per frame)
 RECEIVE: List[Any] = []         # (model, bits, bare PULL loop's CPU per frame)
+FED: List[Any] = []             # (model, bits, bare CPU per frame, feed_scaling's result)
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -339,8 +340,72 @@ def roi_decode_cpu(frames: List[np.ndarray], rois: List[Any], seconds: float) ->
     return (time.process_time() - c0) / n
 
 
+def _feed_main(conn: Any, model: str, bits: int, threads: int, nframes: int) -> None:
+    """Child process: a StreamHandler fed in process (no receiver, no source
+    on the cores) accumulating ``nframes`` frames with ``threads`` threads."""
+    from types import SimpleNamespace
+
+    from eiger_server.control.settings import Settings
+    from eiger_server.formats.compression import compress, v1_encoding
+    from eiger_server.formats.decode import Encoded
+    from eiger_server.formats.stream_events import ImageMessage, SeriesHeader
+    from eiger_server.options import ServerOptions
+    from eiger_server.stream import kernels
+    from eiger_server.stream.handler import StreamHandler
+    frames = samples(model, bits)
+    encs = [Encoded(compress(f, "bslz4"), v1_encoding("bslz4", f.dtype), f.shape, f.dtype)
+            for f in frames]
+    detector = _Detector(bits, "V1")
+    settings = Settings(detector.write_config)
+    handler = StreamHandler(detector, SimpleNamespace(host="127.0.0.1", get=lambda *a: {}),
+                            settings, ServerOptions(stream_workers=threads, queue_depth=64),
+                            acq_mode=lambda: "ACCUM")
+    handler.start_pipeline()
+    kernels.warm_up()
+    out = {}
+    for series, n in ((1, 32), (2, nframes)):
+        handler.begin_count(n, accumulate=True, series=series)
+        handler.feed(SeriesHeader(series, {}, ["threshold_1"]))
+        c0, t0 = time.process_time(), time.perf_counter()
+        for i in range(n):
+            handler.feed(ImageMessage(series, i, {"threshold_1": encs[i % 16]}))
+        handler.wait_count(300)
+        out = {"fps": n / (time.perf_counter() - t0), "cpu": (time.process_time() - c0) / n}
+    handler.close()
+    conn.send(out)
+
+
+def feed_scaling(model: str, bits: int, nframes: int) -> Dict[int, Dict[str, float]]:
+    """Accumulation rate and CPU per frame with 1 and 2 decode threads when the
+    frames are fed in process: the pipeline's own scaling, without the source
+    and the receive on the same 2 cores."""
+    ctx = mp.get_context("spawn")
+    result = {}
+    for threads in (1, 2):
+        conn, child = ctx.Pipe()
+        proc = ctx.Process(target=_feed_main, args=(child, model, bits, threads, nframes),
+                           daemon=True)
+        proc.start()
+        if not conn.poll(600):
+            raise RuntimeError("the fed pipeline did not finish")
+        result[threads] = conn.recv()
+        proc.join(30)
+    return result
+
+
+def bracket(what: str, frames: List[np.ndarray], bare_dir: str, seconds: float,
+            count: Any, *args: Any) -> Dict[str, Any]:
+    """``count(*args)``, with the bare loop of ``what`` measured just before and
+    just after it: this machine's speed drifts, so the ratio is taken at one time."""
+    kind = "sum" if what == "roi" else what
+    before = bare_cpu(kind, frames, bare_dir, seconds)
+    out = count(*args)
+    out["bare"] = (before + bare_cpu(kind, frames, bare_dir, seconds)) / 2
+    return out
+
+
 # ========================================================================== table
-def run(models: List[str], bits_list: List[int], quick: bool, depth: int, scratch: str,
+def run(models: List[str], bits_list: List[int], quick: bool, depth: int,
         version: str) -> List[Dict[str, Any]]:
     from run import Source, rois_for
     rows: List[Dict[str, Any]] = []
@@ -355,18 +420,25 @@ def run(models: List[str], bits_list: List[int], quick: bool, depth: int, scratc
             source = Source(model, bits, version)
             bare_dir = tempfile.mkdtemp(prefix="bare-", dir="/dev/shm")
             bare_t = 0.6 if quick else 2.0
-            bare = {w: bare_cpu(w, frames, bare_dir if w == "tiff" else scratch, bare_t)
+            # bare loops write where the server does (a tmpfs here): the same medium
+            bare = {w: bare_cpu(w, frames, bare_dir, bare_t)
                     for w in ("accum", "tiff", "hdf5raw", "sum")}
             bare["roi"] = bare["sum"]
             roi_cpu = roi_decode_cpu(frames, rois, bare_t)
             pair = bare_pair_cpu(frames, bare_t)
+            fed = feed_scaling(model, bits, nframes)
+            fed_bare = bare_cpu("accum", frames, bare_dir, bare_t)
+            FED.append((model, bits, fed_bare, fed))
+            print(f"fed accumulation {model} {bits}-bit: 1 thread {fed[1]['fps']:.0f} fr/s "
+                  f"({fed[1]['cpu'] * 1e3:.2f} ms/frame), 2 threads {fed[2]['fps']:.0f} fr/s "
+                  f"({fed[2]['cpu'] * 1e3:.2f} ms/frame); bare {fed_bare * 1e3:.2f} ms/frame",
+                  flush=True)
             recv = bare_receive_cpu(source, nframes, depth)
             print(f"bare receive {model} {bits}-bit: {recv * 1e3:.3f} ms/frame", flush=True)
             RECEIVE.append((model, bits, recv))
             print(f"bare accumulation {model} {bits}-bit: 1 thread {bare['accum'] * 1e3:.2f} "
                   f"ms/frame, 2 threads at once {pair * 1e3:.2f} ms/frame each", flush=True)
             BARE_PAIRS.append((model, bits, bare["accum"], pair))
-            shutil.rmtree(bare_dir, ignore_errors=True)
             configs = [("threads", 2, 0)] + ([("threads", 1, 0), ("procs", 1, 1),
                                               ("procs", 2, 2)])
             try:
@@ -387,19 +459,21 @@ def run(models: List[str], bits_list: List[int], quick: bool, depth: int, scratc
                             paced = None
                             if what in ("tiff", "hdf5raw"):
                                 paced = 1.0 / min(max_rate, 0.5 / bare[what])
-                            out = server.count(source, what, nframes, rois, paced)
+                            out = bracket(what, frames, bare_dir, bare_t / 2, server.count,
+                                          source, what, nframes, rois, paced)
                             label = f"{n} {kind}" + (f", {1 / paced:.0f} Hz" if paced else "")
                             rows.append(_row(model, bits, what, label, nframes, out,
-                                             bare[what], n, roi_cpu if what == "roi" else None,
-                                             frames, recv))
+                                             out["bare"], n,
+                                             roi_cpu if what == "roi" else None, frames, recv))
                             print(fmt(rows[-1]), flush=True)
                         if (kind, n) == ("threads", 2):
                             fps = rows[-len(modes)]["fps"]
                             half = min(max_rate, fps / 2)
                             nhalf = int(half * (2 if quick else 5))
-                            out = server.count(source, "accum", nhalf, rois, 1.0 / half)
+                            out = bracket("accum", frames, bare_dir, bare_t / 2, server.count,
+                                          source, "accum", nhalf, rois, 1.0 / half)
                             row = _row(model, bits, "accum", f"{n} {kind}, half "
-                                       f"{half:.0f} Hz", nhalf, out, bare["accum"], n, None,
+                                       f"{half:.0f} Hz", nhalf, out, out["bare"], n, None,
                                        frames, recv)
                             rows.append(row)
                             print(fmt(row), flush=True)
@@ -408,6 +482,7 @@ def run(models: List[str], bits_list: List[int], quick: bool, depth: int, scratc
                         shutil.rmtree(outdir, ignore_errors=True)
             finally:
                 source.close()
+                shutil.rmtree(bare_dir, ignore_errors=True)
     return rows
 
 
@@ -472,13 +547,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     models = (args.models or ("4M" if args.quick else "1M,4M")).split(",")
     bits = [int(b) for b in args.bits.split(",")]
-    scratch = tempfile.mkdtemp(prefix="eiger-pipe-", dir="/var/tmp")
     started = time.perf_counter()
-    try:
-        print(HEAD + "\n" + SEP, flush=True)
-        rows = run(models, bits, args.quick, args.depth, scratch, args.stream)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    print(HEAD + "\n" + SEP, flush=True)
+    rows = run(models, bits, args.quick, args.depth, args.stream)
     write(args, rows, time.perf_counter() - started, argv if argv is not None else sys.argv[1:])
     return 0
 
@@ -498,6 +569,16 @@ def write(args: Any, rows: List[Dict[str, Any]], elapsed: float, argv: List[str]
         f"* bare accumulation loop, {m} {b}-bit: {one * 1e3:.2f} ms/frame alone, "
         f"{two * 1e3:.2f} ms/frame each when 2 threads run it at once (efficiency "
         f"ceiling of a 2-way pipeline here: {one / two:.2f})" for m, b, one, two in BARE_PAIRS
+    ] + [
+        f"* bare receive (a PULL loop alone), {m} {b}-bit: {recv * 1e3:.3f} ms/frame"
+        for m, b, recv in RECEIVE
+    ] + [
+        f"* accumulation fed in process (no receive, no source on the cores), {m} {b}-bit: "
+        f"1 thread {fed[1]['fps']:.0f} fr/s at {fed[1]['cpu'] * 1e3:.2f} ms/frame "
+        f"(efficiency {bare / fed[1]['cpu']:.2f}), 2 threads {fed[2]['fps']:.0f} fr/s at "
+        f"{fed[2]['cpu'] * 1e3:.2f} ms/frame (efficiency {bare / fed[2]['cpu']:.2f}, scaling "
+        f"{fed[2]['fps'] * bare / 2:.2f}); bare {bare * 1e3:.2f} ms/frame"
+        for m, b, bare, fed in FED
     ] + [""]
     notes = ROOT / "bench" / "PIPELINE_NOTES.md"
     if notes.exists():

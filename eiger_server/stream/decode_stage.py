@@ -110,6 +110,11 @@ class DecodeStage:
             thread.join(timeout=2)
         self._threads = []
 
+    def run_here(self, job: FrameJob) -> None:
+        """Run ``job`` on the calling thread: for a frame with nothing to
+        decode, a hand-off (a thread's wake-up) would cost more than the work."""
+        self._handle(job, skip=False)
+
     def _work(self) -> None:
         while not self._closing.is_set():
             try:
@@ -118,15 +123,18 @@ class DecodeStage:
                 continue
             if job is None:
                 return
-            try:
-                if job.skippable and not self._queue.empty():
-                    self._skip(job)
-                    continue
+            self._handle(job, skip=job.skippable and not self._queue.empty())
+
+    def _handle(self, job: FrameJob, skip: bool) -> None:
+        try:
+            if skip:
+                self._skip(job)
+            else:
                 self._run(job)
-            except Exception as exc:          # nothing may kill a decode thread
-                log.exception("processing an image failed")
-                job.failed = True
-                self._failed(job, exc)
-            finally:
-                job.event = None
-                job.done.set()
+        except Exception as exc:          # nothing may kill a decode thread
+            log.exception("processing an image failed")
+            job.failed = True
+            self._failed(job, exc)
+        finally:
+            job.event = None
+            job.done.set()

@@ -693,6 +693,10 @@ class StreamHandler:
         if bridge is not None and accumulator is not None:
             bridge.accumulate(job, event, accumulator)
             return
+        if job.rois == []:
+            # HDF5RAW without ROIs: nothing to decode, the frame is kept as it came
+            self._decode.run_here(job)
+            return
         # Blocks while the decode threads are busy: back-pressure reaches zmq and the DCU.
         self._decode.put(job)
 

@@ -48,7 +48,6 @@ class LatestImage:
             self._seq = seq
             self._delivered = None
             self._stats = {}
-            self.cond.notify_all()
 
     def offer(self, result: ImageResult, seq: int) -> bool:
         """Hold ``result`` if it arrived after the image held; True if it did."""
