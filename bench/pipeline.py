@@ -22,8 +22,13 @@ BENCHMARKS.md (section "Pipeline efficiency").
   stage's own CPU, roi_stage.partial_image, is in ``note``).
 * The bare receive: a bare ZeroMQ PULL loop in a process of its own, over
   the same source and frames (zero-copy, no parsing): what any receiver on
-  this machine pays before it can look at a frame. The server pays it too;
-  the bare loops above do not.
+  this machine pays before it can look at a frame, at the maximum rate and,
+  for the paced rows, at their pace (below capacity every frame wakes the
+  receiver, which costs CPU of its own). The server pays it too; the bare
+  loops above do not.
+* fed: the StreamHandler fed frames in process (no receive, no source on
+  the cores), accumulating with 1 and 2 decode threads: the pipeline's own
+  efficiency and scaling.
 * efficiency = bare CPU/frame / server CPU/frame (the issue's measure);
   efficiency incl. receive = (bare + bare receive) / server CPU/frame;
   scaling = frames/s with N threads or worker processes / (N x bare frames/s).
@@ -122,6 +127,12 @@ def _server_main(conn: Any, port: int, version: str, bits: int, threads: int, pr
             if msg[0] == "stop":
                 return
             _, what, nframes, rois = msg
+            # The previous counts' files go first (outside the timing): in this VM,
+            # memory the guest never touched costs about 1 ms per MB on first use
+            # (the host backs it then), which a tmpfs growing by GBs per count pays
+            # and the bare loops, rewriting one file, do not.
+            for name in os.listdir(outdir):
+                os.unlink(os.path.join(outdir, name))
             handler.set_autosave("1" if what in ("tiff", "hdf5raw") else "0")
             handler.set_save_mode("HDF5RAW" if what == "hdf5raw" else "TIFF")
             handler.set_overwrite_images("1")
@@ -298,9 +309,12 @@ def _receive_main(conn: Any, endpoint: str, rcvhwm: int) -> None:
     ctx.term()
 
 
-def bare_receive_cpu(source: Any, nframes: int, depth: int) -> float:
+def bare_receive_cpu(source: Any, nframes: int, depth: int,
+                     frame_time: Optional[float] = None) -> float:
     """CPU seconds per frame of a bare PULL loop over the same source, in a
-    process of its own (the source's PUSH must have no other peer)."""
+    process of its own (the source's PUSH must have no other peer), at the
+    maximum rate or paced at ``frame_time`` (below its capacity a receiver is
+    woken for every frame, which costs CPU of its own)."""
     ctx = mp.get_context("spawn")
     conn, child = ctx.Pipe()
     proc = ctx.Process(target=_receive_main, args=(child, source.endpoint, depth), daemon=True)
@@ -309,7 +323,7 @@ def bare_receive_cpu(source: Any, nframes: int, depth: int) -> float:
         if not conn.poll(60) or conn.recv() != "up":
             raise RuntimeError("the bare receiver did not start")
         time.sleep(0.5)                     # connected before the series starts
-        source.run(nframes, None, True)
+        source.run(nframes, frame_time, frame_time is None)
         sent = int(source.result()["sent"])
         if not conn.poll(120):
             raise RuntimeError("the bare receiver did not finish")
@@ -462,9 +476,13 @@ def run(models: List[str], bits_list: List[int], quick: bool, depth: int,
                             out = bracket(what, frames, bare_dir, bare_t / 2, server.count,
                                           source, what, nframes, rois, paced)
                             label = f"{n} {kind}" + (f", {1 / paced:.0f} Hz" if paced else "")
+                            # paced: the bare receive at the same pace (2 s of it)
+                            row_recv = recv if paced is None else bare_receive_cpu(
+                                source, min(nframes, int(2 / paced)), depth, paced)
                             rows.append(_row(model, bits, what, label, nframes, out,
                                              out["bare"], n,
-                                             roi_cpu if what == "roi" else None, frames, recv))
+                                             roi_cpu if what == "roi" else None, frames,
+                                             row_recv))
                             print(fmt(rows[-1]), flush=True)
                         if (kind, n) == ("threads", 2):
                             fps = rows[-len(modes)]["fps"]
@@ -474,7 +492,8 @@ def run(models: List[str], bits_list: List[int], quick: bool, depth: int,
                                           source, "accum", nhalf, rois, 1.0 / half)
                             row = _row(model, bits, "accum", f"{n} {kind}, half "
                                        f"{half:.0f} Hz", nhalf, out, out["bare"], n, None,
-                                       frames, recv)
+                                       frames, bare_receive_cpu(source, min(nhalf, int(2 * half)),
+                                                                depth, 1.0 / half))
                             rows.append(row)
                             print(fmt(row), flush=True)
                     finally:
