@@ -166,3 +166,27 @@ def test_latest_delivers_oriented_and_filtered_and_caches(settings: tuple) -> No
         assert int(first.data.min()) == 0       # below the low filter reads 0
     latest.clear()
     assert latest.delivered(settings)[1] is None
+
+
+def test_frame_queue_is_fifo_bounded_and_wakes_a_waiting_producer_at_half() -> None:
+    from eiger_server.stream.decode_stage import FrameQueue
+    frames = FrameQueue(4)
+    jobs = [FrameJob(None, seq, 1, {}) for seq in range(6)]
+    for job in jobs[:4]:
+        assert frames.put(job, timeout=0)
+    assert not frames.put(jobs[4], timeout=0.01)          # full: refused after the wait
+    done = threading.Event()
+
+    def producer() -> None:
+        assert frames.put(jobs[4], timeout=5)
+        done.set()
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    assert frames.get(timeout=0) == (True, jobs[0])
+    assert not done.wait(0.2)                              # 3 left: above half, still waiting
+    assert frames.get(timeout=0) == (True, jobs[1])
+    assert done.wait(5)                                    # 2 left: woken, its frame is in
+    thread.join()
+    assert [frames.get(timeout=0)[1] for _ in range(3)] == [jobs[2], jobs[3], jobs[4]]
+    assert frames.get(timeout=0.01) == (False, None) and frames.empty()
