@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,3 +193,13 @@ class StubController:
         self.written.append((subsystem, key, value))
         self.config[(subsystem, key)] = value
         return True
+
+
+def kernel_frame(dtype: type, shape: tuple = (257, 301), seed: int = 0) -> np.ndarray:
+    """Random pixels of ``dtype``, 2 % at the type's maximum (masked), one just below."""
+    rng = np.random.default_rng(seed)
+    top = np.iinfo(dtype).max
+    image = rng.integers(0, min(top, 1 << 20), shape, dtype=np.uint64).astype(dtype)
+    image[rng.random(shape) < 0.02] = top           # masked / gap pixels
+    image[3, 5] = top - 1                           # the largest real value is not masked
+    return image

@@ -47,6 +47,10 @@ MODES = ("SINGLE", "ACCUM")
 # After the exposure, how long images may take to reach the receiver before a
 # DCU that keeps the last image until disarm is disarmed.
 _SETTLE = 0.5
+# How long a count whose images have all arrived may take to reduce them
+# (decode, accumulate) before it fails: a machine far behind, or the kernels
+# compiled for the first time (numba, tens of seconds once after install).
+_REDUCE_GRACE = 120.0
 # How long halt lets cancel finish the image being exposed before it aborts.
 _CANCEL_WAIT = 2.0
 
@@ -473,6 +477,9 @@ class Acquisition:
                 disarmed = True
                 deadline = max(deadline, now + _SETTLE + 1.5)
                 continue
+            if now >= deadline and now < deadline + _REDUCE_GRACE and \
+                    int(self.stream.images_arrived()) >= nimages:
+                continue          # every image is in, the last are still being reduced
             if now >= deadline:
                 self.stream.fail_count(
                     f"the stream delivered {got} of {nimages} images within {wait:g} s "

@@ -37,6 +37,7 @@ from numba.extending import intrinsic
 
 from eiger_server.formats.compression import Buffer, DecodeError, compress
 from eiger_server.stream import native
+from eiger_server.stream.kernels import stats_run
 
 __all__ = ["BSLZ4_AVAILABLE", "UnsupportedBlob", "bslz4_accumulate", "bslz4_decode_into",
            "bslz4_decode_range", "bslz4_stats", "warm_up"]
@@ -597,19 +598,6 @@ def _plane_stats(planes, nel, elem_size, allset, mask_at):  # type: ignore[no-un
 
 
 @_jit
-def _stats_block(vals, n, mask_at, total, top, nmasked):  # type: ignore[no-untyped-def]
-    one = np.uint64(1)
-    for j in range(n):                       # branch-free so that the loop vectorises
-        value = np.uint64(vals[j])
-        keep = np.uint64(value != mask_at)
-        value = value * keep
-        nmasked += one - keep
-        total += value
-        top = max(top, value)
-    return total, top, nmasked
-
-
-@_jit
 def _bslz4_stats(blob, nelems, mask_at, elem_size, info):  # type: ignore[no-untyped-def]
     total = np.uint64(0)
     top = np.uint64(0)
@@ -645,7 +633,7 @@ def _bslz4_stats(blob, nelems, mask_at, elem_size, info):  # type: ignore[no-unt
             if not _unpack(blob, offset, length, nel, elem_size, planes, tmp,
                            _addr(vals, 0), k, info):
                 return total, top, nmasked
-            total, top, nmasked = _stats_block(vals, nel, wide_mask, total, top, nmasked)
+            total, top, nmasked = stats_run(vals, nel, wide_mask, total, top, nmasked)
         offset += 4 + length
         start += nel
         k += 1
@@ -654,7 +642,7 @@ def _bslz4_stats(blob, nelems, mask_at, elem_size, info):  # type: ignore[no-unt
         _fail(info, _E_TAIL_END, -1, offset, left * elem_size)
         return total, top, nmasked
     _raw_tail(blob, offset, left, elem_size, vals)
-    return _stats_block(vals, left, wide_mask, total, top, nmasked)
+    return stats_run(vals, left, wide_mask, total, top, nmasked)
 
 
 # (The helpers below index slices from 0: an index that might be negative

@@ -49,6 +49,7 @@ class CountBook:
         self.counting = False
         self.expected = 0
         self.collected = 0
+        self.arrived = 0                  # images of the count received (maybe not yet reduced)
         self.failed = 0                   # images of the count that will not be added
         self.lost = 0                     # ... of which lost in transit (not unreadable)
         self.accumulate = False           # of the current/last count
@@ -83,6 +84,7 @@ class CountBook:
             self.gen += 1
             self.counting = True
             self.collected = 0
+            self.arrived = 0
             self.failed = 0
             self.lost = 0
             self.receiver_lost_seen = receiver_lost
@@ -165,6 +167,7 @@ class CountBook:
                 if frame > self.next:
                     self.mark_lost(range(self.next, frame))
                 self.next = max(self.next, frame + 1)
+            self.arrived += 1
             return self.gen
 
     def receiver_lost(self, lost_now: int) -> None:

@@ -228,6 +228,11 @@ class StreamHandler:
         with self._lock:
             return self._book.collected
 
+    def images_arrived(self) -> int:
+        """Images of the current count received, decoded or not yet."""
+        with self._lock:
+            return self._book.arrived
+
     def has_image(self) -> bool:
         """True once there is a latest image (without decoding it)."""
         return self._latest.held is not None

@@ -21,7 +21,7 @@ from typing import Optional, Sequence, Tuple
 import numba
 import numpy as np
 
-__all__ = ["accumulate", "finish_accumulation", "roi_sums", "stats", "warm_up",
+__all__ = ["accumulate", "finish_accumulation", "roi_sums", "stats", "stats_run", "warm_up",
            "warm_up_in_background"]
 
 log = logging.getLogger(__name__)
@@ -32,21 +32,25 @@ _jit = numba.njit(nogil=True, cache=True)
 
 
 @_jit
-def _stats(image, mask_at):  # type: ignore[no-untyped-def]
-    total = np.uint64(0)
-    top = np.uint64(0)
-    nmasked = np.uint64(0)
+def stats_run(values, n, mask_at, total, top, nmasked):  # type: ignore[no-untyped-def]
+    """(sum, maximum, masked) of ``values[:n]`` added to the running ones;
+    for the kernels here and bslz4_kernels' per-block statistics."""
     one = np.uint64(1)
-    flat = image.ravel()
     # branch-free so that the loop vectorises
-    for i in range(flat.size):
-        value = np.uint64(flat[i])
+    for i in range(n):
+        value = np.uint64(values[i])
         keep = np.uint64(value != mask_at)
         value = value * keep
         nmasked += one - keep
         total += value
         top = max(top, value)
     return total, top, nmasked
+
+
+@_jit
+def _stats(image, mask_at):  # type: ignore[no-untyped-def]
+    flat = image.ravel()
+    return stats_run(flat, flat.size, mask_at, np.uint64(0), np.uint64(0), np.uint64(0))
 
 
 @_jit

@@ -6,16 +6,9 @@ import pytest
 
 from eiger_server.stream import imageproc, kernels
 
+from helpers import kernel_frame as frame
+
 DTYPES = (np.uint8, np.uint16, np.uint32)
-
-
-def frame(dtype: type, shape: tuple = (257, 301), seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    top = np.iinfo(dtype).max
-    image = rng.integers(0, min(top, 1 << 20), shape, dtype=np.uint64).astype(dtype)
-    image[rng.random(shape) < 0.02] = top           # masked / gap pixels
-    image[3, 5] = top - 1                           # the largest real value is not masked
-    return image
 
 
 def reference_stats(image: np.ndarray) -> tuple:
