@@ -16,7 +16,7 @@ How it measures
 * The sink runs in this process with eiger_server's own stream modules:
   ``receiver.StreamReceiver`` (zmq PULL, zero-copy frames, parsing,
   series books) hands images to a bounded queue and worker threads (one per
-  core) do the mode's work with ``decoders``/``imageproc``/``tiffsave``/
+  core) do the mode's work with ``formats.decode``/``imageproc``/``storage.tiff``/
   ``hdf5raw``. Modes: null (receive and count), sum (decode + masked sum +
   max), roi (decode only the rows/blocks of 3 ROIs + their sums), tiff
   (decode + sum + TIFF to a tmpfs directory), hdf5-raw (compressed frames
