@@ -705,11 +705,13 @@ class StreamHandler:
         # Blocks while the decode threads are busy: back-pressure reaches zmq and the DCU.
         self._decode.put(job)
 
-    def _accumulated(self, gen: int, result: ImageResult) -> None:
-        """(decode thread) A count's accumulated image is in: save it if asked."""
+    def _accumulated(self, gen: int, result: ImageResult) -> Optional[Callable[[], None]]:
+        """(decode thread, under the count's lock) A count's accumulated image
+        is in: plan its save now (its autoindex number before any later
+        image's); returns what submits it."""
         with self._lock:
             if not self.autosave:
-                return
+                return None
             index = None
             if self.autoindex:
                 index = self.index
@@ -718,9 +720,10 @@ class StreamHandler:
             prefix = self._prefix_for(result.series)
             overwrite = self.overwrite
         job = FrameJob.finished(result, gen)
-        self._save.save_tiffs(lambda: job.result, directory, prefix, index, overwrite,
-                              f"accumulated image of series {result.series}",
-                              sum(a.nbytes for a in result.channels.values()))
+        return lambda: self._save.save_tiffs(
+            lambda: job.result, directory, prefix, index, overwrite,
+            f"accumulated image of series {result.series}",
+            sum(a.nbytes for a in result.channels.values()))
 
     # -- names -------------------------------------------------------------------
     def _prefix_for(self, series: Optional[int]) -> str:

@@ -203,7 +203,12 @@ def accumulate_encoded(total: np.ndarray, masked: np.ndarray, encoded: Encoded,
             return bslz4_kernels.bslz4_accumulate(total, masked, encoded.data, spec[0], what=what)
         except bslz4_kernels.UnsupportedBlob:
             pass                          # the ordinary decode reads it or says why not
-    image = encoded.decode(what)
+    return accumulate_array(total, masked, encoded.decode(what), what)
+
+
+def accumulate_array(total: np.ndarray, masked: np.ndarray, image: np.ndarray,
+                     what: str = "") -> int:
+    """``total += image``, ``masked |= image == type max`` for a decoded image."""
     if image.shape != total.shape:
         raise DataError(f"accumulation: {what or 'an image'} is {image.shape}, the sum "
                         f"{total.shape}; the detector geometry changed")
@@ -316,7 +321,9 @@ class Accumulator:
         memory); others are decoded first. An image that cannot be decoded
         raises DecodeError and is not counted."""
         names = {name: f"{what}, channel {name}" if what else "" for name in channels}
-        if not all(_fusable(encoded) for encoded in channels.values()):
+        # several channels are all decoded before any is added: one that cannot
+        # be read must not leave the others' sums holding the image
+        if len(channels) != 1 or not all(_fusable(encoded) for encoded in channels.values()):
             return self.add({name: encoded.decode(names[name])
                              for name, encoded in channels.items()}, frame)
         reserved = self._reserve({name: tuple(encoded.shape)

@@ -36,14 +36,16 @@ class Reducer:
     """Frames into the count's result.
 
     ``filters()`` gives the (low, high) filters ROI-only sums apply;
-    ``on_accumulated(gen, result)`` hears of a finished accumulation (after
-    it became the latest image), to save it.
+    ``on_accumulated(gen, result)`` hears of a finished accumulation as it
+    becomes the latest image (under the count's lock) and returns what saves
+    it, run after the lock is released (or None).
     """
 
     def __init__(self, book: CountBook, latest: LatestImage, loss: Counters,
                  errors: Deque[str], observer: Callable[[], StreamObserver],
                  filters: Callable[[], Tuple[float, float]],
-                 on_accumulated: Callable[[int, ImageResult], None]) -> None:
+                 on_accumulated: Callable[[int, ImageResult],
+                                          Optional[Callable[[], None]]]) -> None:
         self.book = book
         self.latest = latest
         self._loss = loss
@@ -115,11 +117,18 @@ class Reducer:
                              frame=int(accumulator.last_frame or 0),
                              nframes=accumulator.added, metadata=meta)
         with self.book.cond:
+            if gen == self.book.gen and \
+                    accumulator.added + self.book.failed < accumulator.nimages:
+                # an image counted when it was reserved failed since and is not
+                # reported yet: its report finishes the count (with its outcome)
+                return
             if not self.book.take_accumulator(gen, accumulator):
                 return                    # finished already (or a new count began)
             self.latest.set(result, self.book.next_seq())
+            save = self._on_accumulated(gen, result)   # planned with the result
         self._observer().on_image(first, meta)
-        self._on_accumulated(gen, result)
+        if save is not None:
+            save()
 
     # -- the steps ---------------------------------------------------------------------
     def _accumulator(self, gen: int) -> Optional[Accumulator]:

@@ -75,19 +75,29 @@ class _Series:
     def add(self, frame: int, channels: Dict[str, Encoded], what: str) -> None:
         """Add (accum) or measure (stats) one image as it arrived."""
         if self.mode == "accum":
+            shapes = {name: tuple(int(n) for n in encoded.shape)
+                      for name, encoded in channels.items()}
+            for name, shape in shapes.items():
+                total = self.sums.get(name)
+                if total is not None and total.shape != shape:
+                    raise DataError(f"accumulation: image {frame} is {shape}, the "
+                                    f"first was {total.shape}; the detector geometry changed")
+            # several channels: all decoded before any is added (one that cannot
+            # be read must not leave the others' sums holding the image)
+            arrays = {name: encoded.decode(f"{what}, channel {name}")
+                      for name, encoded in channels.items()} if len(channels) > 1 else {}
             for name, encoded in channels.items():
-                shape = tuple(int(n) for n in encoded.shape)
                 total = self.sums.get(name)
                 if total is None:
                     total = self.sums[name] = np.zeros(
-                        shape, imageproc.accumulated_dtype(np.dtype(encoded.dtype)))
-                    self.masks[name] = np.zeros(shape, dtype=bool)
-                if total.shape != shape:
-                    raise DataError(f"accumulation: image {frame} is {shape}, the "
-                                    f"first was {total.shape}; the detector geometry changed")
-                # fused decode + add for bitshuffle/LZ4 (the frame never goes through memory)
-                imageproc.accumulate_encoded(total, self.masks[name], encoded,
-                                             f"{what}, channel {name}")
+                        shapes[name], imageproc.accumulated_dtype(np.dtype(encoded.dtype)))
+                    self.masks[name] = np.zeros(shapes[name], dtype=bool)
+                if name in arrays:
+                    imageproc.accumulate_array(total, self.masks[name], arrays[name])
+                else:
+                    # fused decode + add (the frame never goes through memory)
+                    imageproc.accumulate_encoded(total, self.masks[name], encoded,
+                                                 f"{what}, channel {name}")
         else:
             name, encoded = next(iter(channels.items()))
             image = encoded.decode(f"{what}, channel {name}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from typing import Any, List
 
 import numpy as np
@@ -190,3 +191,64 @@ def test_frame_queue_is_fifo_bounded_and_wakes_a_waiting_producer_at_half() -> N
     thread.join()
     assert [frames.get(timeout=0)[1] for _ in range(3)] == [jobs[2], jobs[3], jobs[4]]
     assert frames.get(timeout=0.01) == (False, None) and frames.empty()
+
+
+def test_a_frame_failing_after_the_last_was_reserved_is_never_a_silent_gap(monkeypatch) -> None:
+    """Frame 0 is slow and turns out unreadable while frame 1, the last one
+    needed, is already added: the count is not complete (no result) until
+    frame 0's failure is reported, and then it ends with the outcome saying so."""
+    from eiger_server.formats.decode import DecodeError
+    from eiger_server.stream import imageproc
+    real = imageproc.accumulate_encoded
+    go, settled, report = threading.Event(), threading.Event(), threading.Event()
+
+    def fake(total, masked, encoded, what=""):  # type: ignore[no-untyped-def]
+        if "frame 0" in what:
+            go.wait(5)
+            raise DecodeError(f"{what}: corrupt")
+        return real(total, masked, encoded, what)
+
+    monkeypatch.setattr(imageproc, "accumulate_encoded", fake)
+    stages = _Stages(2, accumulate=True)
+    unreadable = stages.reducer._unreadable
+
+    def late_report(job, event, exc):  # type: ignore[no-untyped-def]
+        settled.set()
+        report.wait(5)                 # between the sum's settling and the count's books
+        unreadable(job, event, exc)
+
+    monkeypatch.setattr(stages.reducer, "_unreadable", late_report)
+    image = np.full((4, 4), 3, np.uint16)
+    first = threading.Thread(target=stages.reducer.run, args=(stages.job(0, image),))
+    first.start()
+    time.sleep(0.1)
+    last = threading.Thread(target=stages.reducer.run, args=(stages.job(1, image),))
+    last.start()
+    time.sleep(0.1)
+    go.set()
+    assert settled.wait(5)
+    last.join(5)
+    assert not stages.book.wait(0.1, time.monotonic)      # no result handed out yet
+    assert stages.latest.held is None and not stages.accumulated
+    report.set()
+    first.join(5)
+    assert stages.book.complete()
+    assert "1 of 2 images arrived unreadable (frame 0)" in (stages.book.outcome() or "")
+    assert len(stages.accumulated) == 1 and stages.accumulated[0].nframes == 1
+
+
+def test_a_multi_channel_frame_with_one_bad_channel_adds_nothing() -> None:
+    from eiger_server.formats.decode import DecodeError
+    from eiger_server.stream.imageproc import Accumulator
+    image = np.full((64, 64), 3, np.uint16)
+    good = _encoded(image)
+    damaged = bytearray(good.data)
+    damaged[-20:] = b"\xff" * 20
+    bad = Encoded(bytes(damaged), good.encoding, good.shape, good.dtype)
+    accumulator = Accumulator(2)
+    accumulator.add_encoded({"t1": good, "t2": good}, 0)
+    with pytest.raises(DecodeError):
+        accumulator.add_encoded({"t1": good, "t2": bad}, 1)
+    result = accumulator.result()
+    assert accumulator.added == 1
+    assert int(result["t1"][0, 0]) == int(result["t2"][0, 0]) == 3
