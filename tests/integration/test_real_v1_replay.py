@@ -62,6 +62,26 @@ def test_session_decodes_to_the_readme_figures(messages):
     assert stream_v1.parse(messages[1]).real_time == pytest.approx(99_251e-9)
 
 
+def test_fused_kernels_on_the_real_frames(messages):
+    """The fused bitshuffle/LZ4 kernels on the real EIGER 4M frames (V1
+    ``bs16-lz4<``): the README's figures from the compressed frame, and the
+    accumulation of the 3 frames equal to decode + numpy."""
+    from eiger_server.stream import bslz4_kernels, imageproc
+    parse = stream_v1.Parser()
+    images = [e for e in (parse(m) for m in messages) if isinstance(e, ImageMessage)]
+    accumulator = imageproc.Accumulator(len(images))
+    want = np.zeros((HEIGHT, WIDTH), np.uint32)
+    for event in images:
+        enc = event.channels[stream_v1.CHANNEL]
+        assert bslz4_kernels.bslz4_stats(enc.data, np.uint16) == (SUM, MAXIMUM, MASKED)
+        accumulator.add_encoded({"image": enc}, event.frame, f"frame {event.frame}")
+        want += decode(enc.data, enc.encoding, enc.shape, enc.dtype)
+    masked = decode(images[0].channels[stream_v1.CHANNEL].data, images[0].channels[
+        stream_v1.CHANNEL].encoding, (HEIGHT, WIDTH), np.uint16) == 65535
+    want[masked] = np.iinfo(np.uint32).max
+    np.testing.assert_array_equal(accumulator.result()["image"], want)
+
+
 @pytest.mark.parametrize("api", ["1.6.0"])
 def test_replay_through_eiger_server(messages, fake_dcu, tmp_path):
     from eiger_server.control.controller import EigerController

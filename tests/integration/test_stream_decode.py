@@ -534,3 +534,36 @@ def test_handler_roi_errors_and_read_not_ready(tmp_path):
             handler.do_save("/etc/passwd")
     finally:
         handler.close()
+
+
+@pytest.mark.parametrize("folder", ["r500k_bm_bslz4_8bit", "r500k_bm_bslz4_16bit",
+                                    "r500k_bm_bslz4_32bit"])
+def test_real_captures_fused_kernels_equal_decode_then_numpy(folder):
+    """The fused bitshuffle/LZ4 kernels on a real EIGER2 500K's frames: the sum
+    of 10 frames per channel, their statistics and their decode equal
+    dectris.compression + numpy (masked pixels: the type's maximum)."""
+    from eiger_server.stream import bslz4_kernels, imageproc, kernels
+    dtype = np.dtype(FOLDERS[folder])
+    top = np.iinfo(dtype).max
+    files = sorted(capture(folder).glob("*.cbor"))[:10]
+    accumulators = {name: imageproc.Accumulator(len(files)) for name in CHANNELS}
+    expected = {name: np.zeros((514, 1030), imageproc.accumulated_dtype(dtype))
+                for name in CHANNELS}
+    masked = {name: np.zeros((514, 1030), bool) for name in CHANNELS}
+    for number, path in enumerate(files):
+        event = stream_v2.parse([path.read_bytes()])
+        reference = reference_arrays(path, dtype)
+        for name, encoded in event.channels.items():
+            image = reference[name]
+            assert bslz4_kernels.bslz4_stats(encoded.data, dtype) == kernels.stats(image)
+            out = np.empty_like(image)
+            np.testing.assert_array_equal(bslz4_kernels.bslz4_decode_into(encoded.data, out),
+                                          image)
+            accumulators[name].add_encoded({name: encoded}, number, path.name)
+            expected[name] += image
+            masked[name] |= image == top
+    for name in CHANNELS:
+        want = expected[name]
+        want[masked[name]] = np.iinfo(want.dtype).max
+        np.testing.assert_array_equal(accumulators[name].result()[name], want)
+        assert want.sum(dtype=np.float64) > 0
