@@ -97,27 +97,42 @@ class _Detector:
         return True
 
 
-def _server_main(conn: Any, port: int, version: str, bits: int, threads: int, procs: int,
-                 depth: int, outdir: str) -> None:
+def _handler(bits: int, version: str, options: Any, outdir: str = "") -> Any:
+    """A StreamHandler as the server builds it, over a cached configuration
+    and no DCU (its stream status reads fail, as with a DCU that is away)."""
     from types import SimpleNamespace
 
-    from eiger_server.options import ServerOptions
     from eiger_server.control.settings import Settings
     from eiger_server.errors import DetectorError
-    from eiger_server.stream import kernels
     from eiger_server.stream.handler import StreamHandler
 
     def status(*_: Any) -> Any:
         raise DetectorError("no DCU")
     detector = _Detector(bits, version)
-    options = ServerOptions(stream_port=port, stream2_port=port, queue_depth=depth,
-                            stream_workers=threads, workers=procs)
     settings = Settings(detector.write_config)
-    settings.data_directory = outdir
+    if outdir:
+        settings.data_directory = outdir
     settings.prefix = "b$id"
-    mode = {"acq": "SINGLE"}
-    handler = StreamHandler(detector, SimpleNamespace(host="127.0.0.1", get=status), settings,
-                            options, acq_mode=lambda: mode["acq"])
+    return StreamHandler(detector, SimpleNamespace(host="127.0.0.1", get=status), settings,
+                         options, acq_mode=lambda: "SINGLE")
+
+
+def _encoded(frames: List[np.ndarray]) -> List[Any]:
+    """The frames as the stream carries them (bslz4, V1 encoding)."""
+    from eiger_server.formats.compression import compress, v1_encoding
+    from eiger_server.formats.decode import Encoded
+    return [Encoded(compress(f, "bslz4"), v1_encoding("bslz4", f.dtype), f.shape, f.dtype)
+            for f in frames]
+
+
+def _server_main(conn: Any, port: int, version: str, bits: int, threads: int, procs: int,
+                 depth: int, outdir: str) -> None:
+    from eiger_server.options import ServerOptions
+    from eiger_server.stream import kernels
+
+    handler = _handler(bits, version, ServerOptions(
+        stream_port=port, stream2_port=port, queue_depth=depth, stream_workers=threads,
+        workers=procs), outdir)
     handler.prepare_series()
     kernels.warm_up()           # what the server's background warm-up does, done before timing
     conn.send("up")
@@ -338,14 +353,9 @@ def bare_receive_cpu(source: Any, nframes: int, depth: int,
 def roi_decode_cpu(frames: List[np.ndarray], rois: List[Any], seconds: float) -> float:
     """CPU per frame of the ROI-only stage (roi_stage.partial_image: only the
     blocks of the ROI rows decoded, the ROI sums taken), single thread."""
-    from eiger_server.formats.compression import compress, v1_encoding
-    from eiger_server.formats.decode import Encoded
     from eiger_server.formats.stream_events import ImageMessage
     from eiger_server.stream import roi_stage
-    events = [ImageMessage(1, n, {"threshold_1": Encoded(compress(f, "bslz4"),
-                                                         v1_encoding("bslz4", f.dtype),
-                                                         f.shape, f.dtype)})
-              for n, f in enumerate(frames)]
+    events = [ImageMessage(1, n, {"threshold_1": enc}) for n, enc in enumerate(_encoded(frames))]
     roi_stage.partial_image(events[0], rois, {})
     n, c0, t0 = 0, time.process_time(), time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -357,23 +367,11 @@ def roi_decode_cpu(frames: List[np.ndarray], rois: List[Any], seconds: float) ->
 def _feed_main(conn: Any, model: str, bits: int, threads: int, nframes: int) -> None:
     """Child process: a StreamHandler fed in process (no receiver, no source
     on the cores) accumulating ``nframes`` frames with ``threads`` threads."""
-    from types import SimpleNamespace
-
-    from eiger_server.control.settings import Settings
-    from eiger_server.formats.compression import compress, v1_encoding
-    from eiger_server.formats.decode import Encoded
     from eiger_server.formats.stream_events import ImageMessage, SeriesHeader
     from eiger_server.options import ServerOptions
     from eiger_server.stream import kernels
-    from eiger_server.stream.handler import StreamHandler
-    frames = samples(model, bits)
-    encs = [Encoded(compress(f, "bslz4"), v1_encoding("bslz4", f.dtype), f.shape, f.dtype)
-            for f in frames]
-    detector = _Detector(bits, "V1")
-    settings = Settings(detector.write_config)
-    handler = StreamHandler(detector, SimpleNamespace(host="127.0.0.1", get=lambda *a: {}),
-                            settings, ServerOptions(stream_workers=threads, queue_depth=64),
-                            acq_mode=lambda: "ACCUM")
+    encs = _encoded(samples(model, bits))
+    handler = _handler(bits, "V1", ServerOptions(stream_workers=threads, queue_depth=64))
     handler.start_pipeline()
     kernels.warm_up()
     out = {}

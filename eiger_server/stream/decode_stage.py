@@ -44,14 +44,6 @@ class FrameJob:
         # image encoded until spec asks for more
         self.rois: Optional[List[Tuple[int, int, int, int]]] = None
 
-    @classmethod
-    def finished(cls, result: ImageResult, gen: int) -> "FrameJob":
-        """A job whose image is already there (an accumulated result)."""
-        job = cls(None, 0, gen, result.metadata)
-        job.result = result
-        job.done.set()
-        return job
-
 
 class FrameQueue:
     """A bounded FIFO of frames between the receiver and the decode threads.

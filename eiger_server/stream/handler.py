@@ -647,7 +647,6 @@ class StreamHandler:
         """Plan one frame: its count, its metadata, how it is saved, whether
         its pixels are needed; then hand it to the stages."""
         book = self._book
-        what = f"frame {event.frame} of series {event.series}"
         with self._lock:
             lost_before = book.failed
             seq = book.next_seq()
@@ -691,7 +690,8 @@ class StreamHandler:
                          for e in event.channels.values())
             self._save.save_tiffs(lambda: wait_result(job.done, lambda: job.result,
                                                       self._closing, self._loss),
-                                  directory, prefix, index, overwrite, what, nbytes)
+                                  directory, prefix, index, overwrite,
+                                  f"frame {event.frame} of series {event.series}", nbytes)
         if save_raw:
             self._save.save_raw(event, meta, directory, prefix, per_file, overwrite,
                                 self._series.header(event.series))
@@ -719,9 +719,8 @@ class StreamHandler:
             directory = self.settings.data_directory
             prefix = self._prefix_for(result.series)
             overwrite = self.overwrite
-        job = FrameJob.finished(result, gen)
         return lambda: self._save.save_tiffs(
-            lambda: job.result, directory, prefix, index, overwrite,
+            lambda: result, directory, prefix, index, overwrite,
             f"accumulated image of series {result.series}",
             sum(a.nbytes for a in result.channels.values()))
 

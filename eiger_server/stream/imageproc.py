@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -292,55 +292,54 @@ class Accumulator:
             slot.masks[name] = np.zeros(shape, dtype=bool)
         return total, slot.masks[name]
 
-    def add(self, channels: Mapping[str, np.ndarray], frame: int = 0) -> bool:
-        """Add one image; True when this was the last one needed."""
-        reserved = self._reserve({name: image.shape for name, image in channels.items()}, frame)
+    def _add(self, shapes: Mapping[str, tuple], frame: int,
+             add_into: Callable[[_Slot], None]) -> bool:
+        """Count one image, ``add_into`` a slot, settle; True when this was the
+        last one needed (False, nothing added, when the sum is full)."""
+        reserved = self._reserve(shapes, frame)
         if reserved is None:
             return False
         slot, finished = reserved
         ok = False
         try:
-            for name, image in channels.items():
-                total, masked = self._slot_arrays(slot, name, image.shape, image.dtype)
-                if _kernel_ok(image):
-                    kernels.accumulate(total, masked, image)
-                else:
-                    np.add(total, image, out=total, casting="unsafe")
+            add_into(slot)
             ok = True
         finally:
             self._settle(slot, frame, ok)
         return finished
+
+    def add(self, channels: Mapping[str, np.ndarray], frame: int = 0) -> bool:
+        """Add one image; True when this was the last one needed."""
+        def add_into(slot: _Slot) -> None:
+            for name, image in channels.items():
+                total, masked = self._slot_arrays(slot, name, image.shape, image.dtype)
+                accumulate_array(total, masked, image)
+        return self._add({name: image.shape for name, image in channels.items()}, frame,
+                         add_into)
 
     def add_encoded(self, channels: Mapping[str, Encoded], frame: int = 0,
                     what: str = "") -> bool:
         """Add one image as it arrived (``what`` names it in a DecodeError);
         True when this was the last one needed.
 
-        Bitshuffle/LZ4 channels are decoded block by block straight into the
-        sum (bslz4_kernels.bslz4_accumulate: the decoded frame never goes through
-        memory); others are decoded first. An image that cannot be decoded
-        raises DecodeError and is not counted."""
+        A single bitshuffle/LZ4 channel is decoded block by block straight
+        into the sum (bslz4_kernels.bslz4_accumulate: the decoded frame never
+        goes through memory); other images are decoded first. An image that
+        cannot be decoded raises DecodeError, is not counted and leaves the
+        sum as it was."""
         names = {name: f"{what}, channel {name}" if what else "" for name in channels}
         # several channels are all decoded before any is added: one that cannot
         # be read must not leave the others' sums holding the image
         if len(channels) != 1 or not all(_fusable(encoded) for encoded in channels.values()):
             return self.add({name: encoded.decode(names[name])
                              for name, encoded in channels.items()}, frame)
-        reserved = self._reserve({name: tuple(encoded.shape)
-                                  for name, encoded in channels.items()}, frame)
-        if reserved is None:
-            return False
-        slot, finished = reserved
-        ok = False
-        try:
-            for name, encoded in channels.items():
-                total, masked = self._slot_arrays(slot, name, tuple(encoded.shape),
-                                                  np.dtype(encoded.dtype))
-                accumulate_encoded(total, masked, encoded, names[name])
-            ok = True
-        finally:
-            self._settle(slot, frame, ok)
-        return finished
+        name, encoded = next(iter(channels.items()))
+        shape = tuple(encoded.shape)
+
+        def add_into(slot: _Slot) -> None:
+            total, masked = self._slot_arrays(slot, name, shape, np.dtype(encoded.dtype))
+            accumulate_encoded(total, masked, encoded, names[name])
+        return self._add({name: shape}, frame, add_into)
 
     def add_partial(self, sums: Dict[str, np.ndarray], masks: Dict[str, np.ndarray],
                     frames: List[int]) -> bool:
