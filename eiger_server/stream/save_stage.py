@@ -9,6 +9,7 @@ nothing waits for the disk but the saver.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional
@@ -25,6 +26,8 @@ from eiger_server.stream.imageproc import ImageResult
 __all__ = ["SaveStage", "series_nimages"]
 
 log = logging.getLogger(__name__)
+#: Refused frames logged one by one; after these, every 1000th.
+_REFUSED_LINES = 20
 
 
 def series_nimages(meta: Mapping[str, Any]) -> Optional[int]:
@@ -54,6 +57,7 @@ class SaveStage:
         self._raw_key: Optional[tuple] = None   # (directory, prefix, series) of _raw_base
         self._raw_base = ""
         self.latest_file = ""
+        self._refused = itertools.count(1)      # numbers the frames the full queue refused
 
     # -- life ----------------------------------------------------------------------
     def start(self) -> None:
@@ -110,8 +114,12 @@ class SaveStage:
         if saver is None or not saver.submit(job, nbytes):
             if nbytes:
                 self._loss.add("unsaved")
-            log.warning("%s not saved: saving is behind (queue of %s images full); the "
-                        "disk is too slow", what, self.depth)
+            refused = next(self._refused)
+            # the receiver thread logs this: a line for every refused frame
+            # would slow it most when it is already behind (all are counted)
+            if refused <= _REFUSED_LINES or refused % 1000 == 0:
+                log.warning("%s not saved: saving is behind (queue of %s images full); the "
+                            "disk is too slow (%d refused so far)", what, self.depth, refused)
 
     def end_series(self) -> None:
         """Finish the open HDF5RAW series after the frames queued before."""

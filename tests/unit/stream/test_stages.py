@@ -252,3 +252,24 @@ def test_a_multi_channel_frame_with_one_bad_channel_adds_nothing() -> None:
     result = accumulator.result()
     assert accumulator.added == 1
     assert int(result["t1"][0, 0]) == int(result["t2"][0, 0]) == 3
+
+
+def test_frames_refused_by_a_full_save_queue_are_all_counted_but_logged_sparingly(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from eiger_server.stream.save_stage import SaveStage
+    loss = Counters("decode_failures", "unsaved")
+    stage = SaveStage(1, 1 << 30, loss, lambda: NO_OBSERVER)
+    stage.start()
+    gate = threading.Event()
+    assert stage.saver is not None
+    stage.saver.submit(lambda: gate.wait(10))          # a stuck disk
+    time.sleep(0.2)
+    stage.submit(lambda: None, 10, "frame 0")           # fills the queue of 1
+    with caplog.at_level("WARNING", logger="eiger_server.stream.save_stage"):
+        for frame in range(1, 61):
+            stage.submit(lambda: None, 10, f"frame {frame}")
+    gate.set()
+    stage.close()
+    assert loss["unsaved"] == 60
+    lines = [r.getMessage() for r in caplog.records if "not saved" in r.getMessage()]
+    assert 1 <= len(lines) <= 20 and "(20 refused so far)" in lines[-1]
